@@ -1,0 +1,168 @@
+"""Verify a bundle directory before anything inside it is used (DESIGN rule 6).
+
+The order is the point: the raw bytes of ``manifest.json`` are checked against ``manifest.sig``
+and a trusted key *before* the JSON is parsed, so a parser bug can only be reached by someone
+holding a signing key. Then every listed file must be a regular file inside the bundle (no
+symbolic links) whose size and sha256 match, and no other file may be present: a bundle holds
+exactly what its signer listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO, Iterator, List, Sequence, Type, Union
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_runtime.bundle.manifest import Artifact, Manifest
+from edge_runtime.bundle.signing import verify_manifest_signature
+from edge_runtime.errors import BundleError, IntegrityError, SignatureError
+
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+CHUNK_SIZE = 1 << 20  # hash in 1 MiB pieces: engines are hundreds of MB on a board with 8 GB
+# Read limits before the signature is checked: an attacker must not make us load a huge file.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_SIGNATURE_BYTES = 64 << 10
+_REGULAR_ONLY = "a bundle holds regular files only"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def verify_bundle(bundle_dir: PathLike, trusted_keys: Sequence[Ed25519PublicKey]) -> Manifest:
+    """Check the signature, then every file; return the manifest only if all of it holds.
+
+    Every message starts with the bundle directory, then names the file at fault.
+    """
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise BundleError(f"{root}: {what}; expected a bundle directory")
+    try:
+        return _verify(root, trusted_keys)
+    except BundleError as exc:
+        raise type(exc)(f"{root}: {exc}") from exc
+
+
+def _verify(root: Path, trusted_keys: Sequence[Ed25519PublicKey]) -> Manifest:
+    sig_bytes = _read_small(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError)
+    manifest_bytes = _read_small(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, IntegrityError)
+    verify_manifest_signature(manifest_bytes, sig_bytes, trusted_keys)
+    manifest = Manifest.from_json(manifest_bytes)
+    _check_no_unlisted_files(root, manifest)
+    for artifact in manifest.artifacts:
+        _check_artifact(root, artifact)
+    return manifest
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    with open(path, "rb") as handle:
+        return _sha256_stream(handle)
+
+
+def _sha256_stream(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_small(root: Path, name: str, limit: int, error: Type[BundleError]) -> bytes:
+    """Read manifest.json or manifest.sig: a regular file (not a link), at most ``limit`` bytes."""
+    path = root / name
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        what = "the bundle is not signed" if name == SIGNATURE_NAME else "not a bundle"
+        raise error(f"no {name} ({what})") from None
+    except OSError as exc:
+        raise error(f"{name}: cannot read ({_describe_open_error(path, exc)})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise error(f"{name}: not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{name}: larger than {limit} bytes; refusing to read it")
+    return data
+
+
+def _check_artifact(root: Path, artifact: Artifact) -> None:
+    name = artifact.path
+    _check_no_symlink_on_the_way(root, name)
+    try:
+        fd = os.open(root / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise IntegrityError(f"{name}: listed in the manifest but missing") from None
+    except OSError as exc:
+        reason = _describe_open_error(root / name, exc)
+        raise IntegrityError(f"{name}: cannot read ({reason})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise IntegrityError(f"{name}: not a regular file")
+        if info.st_size != artifact.size:
+            raise IntegrityError(
+                f"{name}: size is {info.st_size} bytes, the manifest says {artifact.size}"
+            )
+        actual = _sha256_stream(handle)
+    if actual != artifact.sha256:
+        raise IntegrityError(
+            f"{name}: sha256 mismatch (file {actual}, manifest {artifact.sha256}): "
+            "the file was altered or corrupted"
+        )
+
+
+def _check_no_symlink_on_the_way(root: Path, relative: str) -> None:
+    """Refuse a listed path if it or any folder on the way to it is a symbolic link."""
+    current = root
+    for part in relative.split("/"):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            raise IntegrityError(f"{relative}: listed in the manifest but missing") from None
+        except OSError as exc:
+            raise IntegrityError(f"{relative}: cannot read ({exc.strerror or exc})") from exc
+        if stat.S_ISLNK(mode):
+            link = current.relative_to(root).as_posix()
+            raise IntegrityError(f"{link} is a symbolic link; {_REGULAR_ONLY}")
+
+
+def _check_no_unlisted_files(root: Path, manifest: Manifest) -> None:
+    listed = {artifact.path for artifact in manifest.artifacts}
+    listed.update((MANIFEST_NAME, SIGNATURE_NAME))
+    for relative in sorted(list_bundle_entries(root)):
+        if os.path.islink(root / relative):
+            raise IntegrityError(f"{relative} is a symbolic link; {_REGULAR_ONLY}")
+        if relative not in listed:
+            raise IntegrityError(f"{relative}: unlisted file (not in the manifest)")
+
+
+def list_bundle_entries(root: PathLike) -> List[str]:
+    """Every non-directory entry below ``root`` (links included, not followed), POSIX-relative."""
+    return list(_walk_entries(os.fspath(root)))
+
+
+def _walk_entries(top: str) -> Iterator[str]:
+    def fail(exc: OSError) -> None:
+        where = os.path.relpath(exc.filename, top) if exc.filename else top
+        raise IntegrityError(f"{where}: cannot list ({exc.strerror or exc})") from exc
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=fail):
+        relative_dir = os.path.relpath(dirpath, top)
+        # A link to a directory shows up in dirnames; os.walk does not descend into it.
+        links = [name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+        for name in filenames + links:
+            path = name if relative_dir == "." else os.path.join(relative_dir, name)
+            yield Path(path).as_posix()
+
+
+def _describe_open_error(path: Path, exc: OSError) -> str:
+    if os.path.islink(path):
+        return f"it is a symbolic link; {_REGULAR_ONLY}"
+    return exc.strerror or str(exc)
+

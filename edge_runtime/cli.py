@@ -1,0 +1,132 @@
+"""The ``edge-runtime`` command.
+
+Subcommands: ``keygen`` (a bundle signing key pair) and ``check`` (verify a bundle against
+trusted public keys). Every :class:`~edge_runtime.errors.EdgeRuntimeError` is printed as one
+line, ``edge-runtime: error: <message>``, on stderr with exit status 1; usage errors exit with
+status 2 (argparse). ``serve`` and ``info`` join here as more subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, TextIO
+
+from edge_runtime.bundle.manifest import Manifest, TargetInfo
+from edge_runtime.bundle.signing import generate_keypair, key_id, load_public_key
+from edge_runtime.bundle.verify import verify_bundle
+from edge_runtime.errors import EdgeRuntimeError
+
+PROG = "edge-runtime"
+
+Handler = Callable[[argparse.Namespace, TextIO], int]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one subcommand; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args, sys.stdout)
+    except EdgeRuntimeError as exc:
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Edge inference runtime for Jetson.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for name, (add_arguments, handler, help_text) in _COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+# --- keygen ---------------------------------------------------------------------------------
+
+
+def _keygen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="directory for NAME.key and NAME.pub (created if missing)")
+    parser.add_argument("--name", default="signing",
+                        help="file name stem of the key pair (default: signing)")
+
+
+def _keygen(args: argparse.Namespace, out: TextIO) -> int:
+    key_path, pub_path = generate_keypair(args.out, args.name)
+    print(f"private key: {key_path}  (keep it secret; sign bundles with it)", file=out)
+    print(f"public key:  {pub_path}  (install on devices to trust bundles)", file=out)
+    print(f"key id:      {key_id(load_public_key(pub_path))}", file=out)
+    return 0
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle directory")
+    parser.add_argument("--key", dest="keys", action="append", required=True, type=Path,
+                        metavar="PUB", help="trusted public key file (repeat to trust several)")
+
+
+def _check(args: argparse.Namespace, out: TextIO) -> int:
+    trusted = [load_public_key(path) for path in args.keys]
+    manifest = verify_bundle(args.bundle, trusted)
+    _print_manifest(args.bundle, manifest, out)
+    return 0
+
+
+def _print_manifest(bundle: Path, manifest: Manifest, out: TextIO) -> None:
+    print(f"{bundle}: OK (signature and {len(manifest.artifacts)} file(s) verified)", file=out)
+    print(f"name:     {manifest.name}", file=out)
+    print(f"version:  {manifest.version}", file=out)
+    print(f"created:  {manifest.created}", file=out)
+    print("targets:" + ("" if manifest.targets else "  none"), file=out)
+    for target in manifest.targets:
+        print(f"  {target.name}: {_describe_target(target)}", file=out)
+    print("artifacts:", file=out)
+    width = max((len(artifact.path) for artifact in manifest.artifacts), default=0)
+    for artifact in manifest.artifacts:
+        details = [artifact.kind, f"{artifact.size} bytes", f"sha256 {artifact.sha256[:16]}"]
+        if artifact.target is not None:
+            details.append(f"target {artifact.target}")
+        if artifact.precision is not None:
+            details.append(artifact.precision)
+        print(f"  {artifact.path:<{width}}  {', '.join(details)}", file=out)
+
+
+def _describe_target(target: TargetInfo) -> str:
+    parts = [target.device_class, target.backend, target.precision]
+    optional = (
+        ("compute capability", target.compute_capability),
+        ("TensorRT", target.tensorrt_version),
+        ("JetPack", target.jetpack),
+        ("L4T", target.l4t),
+        ("DLA core", target.dla_core),
+    )
+    parts.extend(f"{label} {value}" for label, value in optional if value is not None)
+    return ", ".join(parts)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.splitlines())
+
+
+class _Command(NamedTuple):
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+    help: str
+
+
+_COMMANDS: Dict[str, _Command] = {
+    "keygen": _Command(_keygen_arguments, _keygen, "create an ed25519 key pair to sign bundles"),
+    "check": _Command(_check_arguments, _check, "verify a bundle's signature and files"),
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

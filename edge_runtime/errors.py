@@ -1,0 +1,105 @@
+"""The one error tree of the project.
+
+Every error raised on purpose by ``edge_runtime`` or ``export`` derives from
+:class:`EdgeRuntimeError` and carries the HTTP status a server answers with when
+it escapes a request handler (``http_status``). Command-line tools print
+``str(error)`` as one line and exit non-zero; servers answer ``{"error": str(error)}``.
+
+Boundaries re-raise foreign exceptions as one of these with ``raise ... from exc``
+so that the cause is kept for logs but never shown to a client as a traceback.
+
+    EdgeRuntimeError (500)
+    ├── ConfigError (400)                 a YAML/config file is unreadable or invalid
+    ├── BundleError (422)                 a bundle cannot be trusted or used
+    │   ├── SignatureError (422)          missing/invalid signature, untrusted key
+    │   ├── IntegrityError (422)          a file's hash/size differs, a file missing or extra
+    │   └── ManifestError (422)           manifest.json is malformed (after the signature held)
+    ├── KeyFileError (400)                a signing/public key file is unreadable or wrong
+    ├── BackendUnavailableError (503)     an optional dependency (pip extra) is missing
+    ├── StepUnavailableError (501)        a pipeline step that this build does not provide
+    └── ExportError (400)                 the export pipeline cannot go on
+        ├── ModelSourceError (400)        model name / import path / weights / ONNX file
+        ├── CalibrationDataError (400)    calibration data missing, wrong shape or dtype
+        ├── PruningError (400)            pruning asked for something impossible
+        └── OutputError (400)             the output location cannot be written
+"""
+
+from __future__ import annotations
+
+
+class EdgeRuntimeError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    http_status = 500
+
+
+class ConfigError(EdgeRuntimeError):
+    """A configuration file is missing, unparsable or fails validation."""
+
+    http_status = 400
+
+
+class BundleError(EdgeRuntimeError):
+    """A bundle cannot be trusted or used."""
+
+    http_status = 422
+
+
+class SignatureError(BundleError):
+    """The manifest signature is missing, malformed, invalid, or from an untrusted key."""
+
+
+class IntegrityError(BundleError):
+    """A bundle file does not match its manifest entry (hash, size, presence)."""
+
+
+class ManifestError(BundleError):
+    """manifest.json is not a valid manifest (checked only after its signature held)."""
+
+
+class KeyFileError(EdgeRuntimeError):
+    """A key file cannot be read or holds the wrong kind of key."""
+
+    http_status = 400
+
+
+class BackendUnavailableError(EdgeRuntimeError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+    http_status = 503
+
+    @classmethod
+    def missing_module(cls, module: str, extra: str) -> BackendUnavailableError:
+        """Build the standard message for a missing optional import."""
+        return cls(
+            f"the Python module '{module}' is not installed: "
+            f"pip install 'edge-runtime[{extra}]'"
+        )
+
+
+class StepUnavailableError(EdgeRuntimeError):
+    """A pipeline step exists as a slot but is not provided by this build."""
+
+    http_status = 501
+
+
+class ExportError(EdgeRuntimeError):
+    """The export pipeline cannot continue."""
+
+    http_status = 400
+
+
+class ModelSourceError(ExportError):
+    """The model to export cannot be found, imported or loaded."""
+
+
+class CalibrationDataError(ExportError):
+    """Calibration data is missing or does not fit the model's input."""
+
+
+class PruningError(ExportError):
+    """A pruning request cannot be carried out."""
+
+
+class OutputError(ExportError):
+    """The output location cannot be written."""

@@ -1,0 +1,1 @@
+"""Reference models defined by hand (torchvision does not work with the pinned torch)."""

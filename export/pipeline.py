@@ -1,0 +1,245 @@
+"""The export pipeline: model → (prune) → ONNX → per-target INT8/FP16 → (engine) → report → signed bundle.
+
+Everything is written into a staging directory beside the output and renamed into place
+only when the bundle is complete and signed: a failure at any step leaves no half bundle.
+Cheap checks (signing key, output location, precisions) run before any heavy work.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edge_runtime.atomic_io import publish_dir, staging_dir_for
+from edge_runtime.bundle.manifest import Manifest, TargetInfo, TensorSpec
+from edge_runtime.bundle.signing import load_private_key
+from edge_runtime.bundle.writer import ArtifactSpec, finalize_bundle
+from edge_runtime.config import DeviceConfig
+from edge_runtime.errors import CalibrationDataError, ExportError, OutputError, PruningError
+from export.models.sources import ModelSource, resolve_model
+from export.report import EvalSet, Variant, build_report, render_report
+from export.steps import calibrate, onnx_export, quantize, trt_build
+from export.steps.prune import PruneSpec, apply_pruning, count_macs_params
+
+FP32_ONNX = "model.onnx"
+
+
+@dataclass
+class ExportRequest:
+    """Everything one export needs; the CLI builds it from its arguments."""
+
+    model: str
+    configs: Sequence[DeviceConfig]
+    key_path: Path
+    out: Path
+    weights: Optional[Path] = None
+    input_shape: Optional[Tuple[int, ...]] = None
+    precision: Optional[str] = None  # None: each target's default_precision
+    prune: Optional[PruneSpec] = None
+    finetune_epochs: int = 5
+    calib_data: Optional[Path] = None
+    calib_samples: Optional[int] = None  # None: the first target's calibration_samples
+    skip_engine: bool = False
+    force: bool = False
+    name: Optional[str] = None
+    version: str = "1"
+    seed: int = 0
+    latency_runs: int = 50
+    progress: bool = True
+
+
+@dataclass
+class ExportResult:
+    """The published bundle's path, its manifest and its report."""
+
+    path: Path
+    manifest: Manifest
+    report: Dict[str, Any]
+
+    def render(self) -> str:
+        return render_report(self.report)
+
+
+def _say(request: ExportRequest, message: str) -> None:
+    if request.progress:
+        print(f"[edge-export] {message}", file=sys.stderr, flush=True)
+
+
+def _precision_for(request: ExportRequest, config: DeviceConfig) -> str:
+    precision = request.precision or config.default_precision
+    if precision not in config.precisions:
+        raise ExportError(
+            f"precision '{precision}' is not supported by target '{config.name}' "
+            f"(supported: {', '.join(config.precisions)})"
+        )
+    if precision == "fp16" and not config.uses_tensorrt:
+        raise ExportError(f"fp16 needs a TensorRT target; '{config.name}' uses {config.backend}")
+    return precision
+
+
+def _preflight(request: ExportRequest) -> None:
+    if not request.configs:
+        raise ExportError("no device config given: pass --config FILE at least once")
+    names = [c.name for c in request.configs]
+    if len(set(names)) != len(names):
+        raise ExportError(f"device config names must be unique, got {names}")
+    for config in request.configs:
+        _precision_for(request, config)
+        if config.uses_tensorrt and not request.skip_engine:
+            trt_build.ensure_available(config)
+    if request.out.exists() and not request.force:
+        raise OutputError(f"output {request.out} already exists (pass --force to replace it)")
+
+
+def run_export(request: ExportRequest) -> ExportResult:
+    """Run the whole pipeline and publish the signed bundle at ``request.out``."""
+    _preflight(request)
+    private_key = load_private_key(request.key_path)
+    staging = staging_dir_for(request.out)
+    try:
+        manifest, report = _build(request, staging, private_key)
+        publish_dir(staging, request.out, overwrite=request.force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _say(request, f"bundle written to {request.out}")
+    return ExportResult(request.out, manifest, report)
+
+
+def _prune(request: ExportRequest, source: ModelSource, compute: Dict[str, Any]) -> Any:
+    """Prune (and fine-tune) the source module; return the unpruned copy for the report."""
+    assert request.prune is not None and source.module is not None
+    baseline = copy.deepcopy(source.module)
+    macs_before, params_before = count_macs_params(source.module, source.input_shape)
+    _say(request, f"pruning: {request.prune.method} L1, ratio {request.prune.ratio}")
+    apply_pruning(source.module, source.input_shape, request.prune)
+    epochs = request.finetune_epochs if source.data is not None else 0
+    if source.data is not None and epochs:
+        from export.models.training import train_classifier
+
+        train_classifier(source.module, source.data.train_x, source.data.train_y, epochs=epochs,
+                         lr=1e-3, seed=request.seed, desc="fine-tune", progress=request.progress)
+    elif request.finetune_epochs:
+        _say(request, "pruning: no training data for this model, so no fine-tuning")
+    macs_after, params_after = count_macs_params(source.module, source.input_shape)
+    compute.update(pruning=f"{request.prune.method}:{request.prune.ratio}", finetune_epochs=epochs,
+                   macs_before=macs_before, macs_after=macs_after,
+                   params_before=params_before, params_after=params_after)
+    return baseline
+
+
+def _export_fp32(request: ExportRequest, source: ModelSource, path: Path) -> np.ndarray:
+    """Write the FP32 ONNX model to ``path``; return a few samples used for parity."""
+    if source.onnx_path is not None:
+        shutil.copyfile(source.onnx_path, path)
+        return np.zeros((0,), np.float32)
+    assert source.module is not None
+    samples = (
+        source.data.test_x[:8] if source.data is not None
+        else np.random.default_rng(request.seed).standard_normal((2, *source.input_shape), dtype=np.float32)
+    )
+    onnx_export.export_onnx(source.module, source.input_shape, path)
+    diff = onnx_export.check_parity(source.module, path, samples)
+    _say(request, f"onnx: opset {onnx_export.OPSET}, parity vs torch max abs diff {diff:.2e}")
+    return samples
+
+
+def _calibration(request: ExportRequest, source: ModelSource, inputs: Sequence[TensorSpec]) -> calibrate.Batches:
+    limit = request.calib_samples or request.configs[0].quantization.calibration_samples
+    if request.calib_data is not None:
+        return calibrate.load_calibration_data(request.calib_data, inputs, limit)
+    if source.data is not None and len(inputs) == 1:
+        batches = {inputs[0].name: source.data.calibration(limit)}
+        return calibrate.check_calibration_arrays(batches, inputs, f"{source.name} training split")
+    raise CalibrationDataError(
+        "INT8 needs calibration data: pass --calib-data (an .npy/.npz file or a directory of them)"
+    )
+
+
+def _eval_set(source: ModelSource, batches: Optional[calibrate.Batches], inputs: Sequence[TensorSpec]) -> EvalSet:
+    if source.data is not None:
+        return EvalSet(source.data.test_x, source.data.test_y,
+                       f"top-1 on the held-out split ({len(source.data.test_y)} samples)")
+    if batches is not None:
+        sample = next(iter(batches.values()))[:64]
+        return EvalSet(sample, None, f"fidelity to FP32 on {len(sample)} calibration inputs (no labels)")
+    shape = tuple(d if d > 0 else 1 for d in inputs[0].shape[1:])
+    sample = np.random.default_rng(0).standard_normal((16, *shape)).astype(inputs[0].dtype)
+    return EvalSet(sample, None, "fidelity to FP32 on 16 random inputs (no labels, no calibration data)")
+
+
+def _target(request: ExportRequest, config: DeviceConfig, staging: Path, batches: Optional[calibrate.Batches],
+            artifacts: List[ArtifactSpec], variants: List[Variant], notes: List[str]) -> TargetInfo:
+    """Produce one target's artifacts and register them for the manifest and the report."""
+    precision = _precision_for(request, config)
+    model_file = FP32_ONNX
+    if precision == "int8":
+        assert batches is not None
+        model_file, calib_file = f"onnx/{config.name}.int8.onnx", f"calib/{config.name}.calib.json"
+        (staging / "onnx").mkdir(exist_ok=True)
+        (staging / "calib").mkdir(exist_ok=True)
+        _say(request, f"{config.name}: INT8 {config.quantization.scheme}, "
+                      f"{len(next(iter(batches.values())))} calibration samples")
+        quantize.quantize_int8(staging / FP32_ONNX, staging / model_file, staging / calib_file, batches,
+                               config.quantization, progress=request.progress, desc=f"calibrate {config.name}")
+        artifacts += [ArtifactSpec(model_file, "onnx", config.name, precision),
+                      ArtifactSpec(calib_file, "calib", config.name, precision)]
+    if config.uses_tensorrt:
+        if request.skip_engine:
+            notes.append(f"{config.name}: no TensorRT engine built (--skip-engine); "
+                         "its accuracy and latency here are ONNX Runtime CPU running the QDQ graph")
+        else:
+            engine_file = f"engines/{config.name}.plan"
+            trt_build.build_engine(staging / model_file, staging / engine_file, config, precision)
+            artifacts.append(ArtifactSpec(engine_file, "engine", config.name, precision))
+    variants.append(Variant(f"{config.name} {precision}", staging / model_file, precision,
+                            file=model_file, target=config.name))
+    return TargetInfo(name=config.name, device_class=config.device_class, backend=config.backend,
+                      precision=precision, compute_capability=config.compute_capability,
+                      tensorrt_version=config.tensorrt_version, jetpack=config.jetpack, l4t=config.l4t)
+
+
+def _build(request: ExportRequest, staging: Path, private_key: Any) -> Tuple[Manifest, Dict[str, Any]]:
+    source = resolve_model(request.model, weights=request.weights, input_shape=request.input_shape,
+                           seed=request.seed, progress=request.progress)
+    _say(request, f"model: {source.name}, input {source.input_shape}")
+    if request.prune is not None and source.is_onnx:
+        raise PruningError("pruning needs the PyTorch model; an .onnx input cannot be pruned (drop --prune)")
+    compute: Dict[str, Any] = {}
+    variants: List[Variant] = []
+    notes: List[str] = []
+    with tempfile.TemporaryDirectory(prefix="edge-export-") as scratch_name:
+        scratch = Path(scratch_name)
+        if request.prune is not None:
+            baseline = _prune(request, source, compute)
+            onnx_export.export_onnx(baseline, source.input_shape, scratch / "unpruned.onnx")
+            variants.append(Variant("fp32 before pruning (not shipped)", scratch / "unpruned.onnx", "fp32"))
+        elif source.module is not None:
+            compute["macs"], compute["params"] = count_macs_params(source.module, source.input_shape)
+        _export_fp32(request, source, staging / FP32_ONNX)
+        inputs, outputs = onnx_export.onnx_io_specs(staging / FP32_ONNX)
+        variants.append(Variant("fp32", staging / FP32_ONNX, "fp32", file=FP32_ONNX))
+        artifacts = [ArtifactSpec(FP32_ONNX, "onnx", None, "fp32")]
+        needs_int8 = any(_precision_for(request, c) == "int8" for c in request.configs)
+        batches = _calibration(request, source, inputs) if needs_int8 else None
+        targets = [_target(request, c, staging, batches, artifacts, variants, notes) for c in request.configs]
+        _say(request, f"report: evaluating {len(variants)} variants, {request.latency_runs} latency rounds")
+        report = build_report(model=source.name, variants=variants, eval_set=_eval_set(source, batches, inputs),
+                              latency_runs=request.latency_runs, compute=compute, notes=notes,
+                              progress=request.progress)
+    (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    artifacts.append(ArtifactSpec("report.json", "report"))
+    manifest = finalize_bundle(
+        staging, name=request.name or source.name, version=request.version, inputs=inputs, outputs=outputs,
+        source_model_sha256=source.source_sha256, artifacts=artifacts, targets=targets,
+        private_key=private_key, metadata={"exporter": "edge-export", "pruning": compute.get("pruning")},
+    )
+    return manifest, report

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command (README; .ci/run calls it). Idempotent; works on a fresh machine.
+#   1. dev venv (.venv, Python 3.10+): ruff, vermin --target=3.8 on edge_runtime, mypy, pytest
+#   2. device venv (.venv38, a real Python 3.8 as on JetPack 5): the runtime's tests (-m "not export")
+# Extra arguments go to both pytest runs (e.g. scripts/test.sh -k bundle).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/venv.sh
+
+ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,export,dev]"
+# tensorrt-stubs depends on the tensorrt wheel, which downloads libnvinfer from outside the
+# registries; the stubs alone are all mypy needs.
+.venv/bin/python -m pip show -q tensorrt-stubs >/dev/null 2>&1 ||
+  .venv/bin/python -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
+
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== vermin (edge_runtime must run on Python 3.8)"
+.venv/bin/vermin --target=3.8- --violations --no-tips --eval-annotations -q edge_runtime
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest (Python $(.venv/bin/python -c 'import platform; print(platform.python_version())'))"
+.venv/bin/python -m pytest "$@"
+
+py38=$(find_python38)
+ensure_venv .venv38 "$py38" -e ".[cpu,server]" "pytest>=7.4" "hypothesis>=6.80"
+echo "== pytest on Python 3.8 (device runtime only)"
+.venv38/bin/python -m pytest -m "not export" "$@"

@@ -1,0 +1,130 @@
+"""The ``edge-runtime`` command line: keygen and check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+
+from edge_runtime.bundle import (
+    ArtifactSpec,
+    TargetInfo,
+    TensorSpec,
+    finalize_bundle,
+    key_id,
+    load_private_key,
+    load_public_key,
+)
+from edge_runtime.cli import main
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, keypair: Tuple[Path, Path]) -> Path:
+    root = tmp_path / "bundle"
+    (root / "engines").mkdir(parents=True)
+    (root / "model.onnx").write_bytes(b"onnx")
+    (root / "engines" / "orin-nano.plan").write_bytes(b"plan")
+    finalize_bundle(
+        root,
+        name="digits",
+        version="2.0.1",
+        inputs=[TensorSpec("input", "float32", (-1, 1, 28, 28))],
+        outputs=[TensorSpec("logits", "float32", (-1, 10))],
+        source_model_sha256="cd" * 32,
+        artifacts=[
+            ArtifactSpec("model.onnx", "onnx"),
+            ArtifactSpec("engines/orin-nano.plan", "engine", "orin-nano", "int8"),
+        ],
+        targets=[TargetInfo("orin-nano", "jetson-orin-nano", "tensorrt", "int8", "8.7", "8.6.2")],
+        private_key=load_private_key(keypair[0]),
+    )
+    return root
+
+
+def _error_line(stderr: str) -> str:
+    """The one error line; fails on tracebacks or multi-line output."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("edge-runtime: error: ")
+    return lines[0]
+
+
+def test_keygen_prints_paths_and_key_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "keys"), "--name", "fleet"]) == 0
+    out = capsys.readouterr().out
+    pub = tmp_path / "keys" / "fleet.pub"
+    assert str(tmp_path / "keys" / "fleet.key") in out
+    assert str(pub) in out
+    assert key_id(load_public_key(pub)) in out
+
+
+def test_keygen_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["keygen", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["keygen", "--out", str(tmp_path)]) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert "signing.key: already exists" in line
+
+
+def test_check_ok(bundle: Path, keypair: Tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    assert main(["check", str(bundle), "--key", str(keypair[1])]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "OK" in captured.out
+    assert "name:     digits" in captured.out
+    assert "version:  2.0.1" in captured.out
+    assert "orin-nano: jetson-orin-nano, tensorrt, int8" in captured.out
+    assert "model.onnx" in captured.out
+    assert "engines/orin-nano.plan" in captured.out
+
+
+def test_check_accepts_any_of_several_keys(
+    bundle: Path, keypair: Tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "other")]) == 0
+    other = str(tmp_path / "other" / "signing.pub")
+    assert main(["check", str(bundle), "--key", other, "--key", str(keypair[1])]) == 0
+
+
+def test_check_tampered_bundle(
+    bundle: Path, keypair: Tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    (bundle / "engines" / "orin-nano.plan").write_bytes(b"PLAN")
+    assert main(["check", str(bundle), "--key", str(keypair[1])]) == 1
+    captured = capsys.readouterr()
+    assert "engines/orin-nano.plan: sha256 mismatch" in _error_line(captured.err)
+    assert "OK" not in captured.out
+
+
+def test_check_untrusted_key(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "other")]) == 0
+    capsys.readouterr()
+    assert main(["check", str(bundle), "--key", str(tmp_path / "other" / "signing.pub")]) == 1
+    assert "which is not trusted" in _error_line(capsys.readouterr().err)
+
+
+def test_check_missing_key_file(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["check", str(bundle), "--key", str(tmp_path / "absent.pub")]) == 1
+    assert "absent.pub: no such key file" in _error_line(capsys.readouterr().err)
+
+
+def test_check_not_a_bundle(
+    tmp_path: Path, keypair: Tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["check", str(tmp_path / "nothing"), "--key", str(keypair[1])]) == 1
+    assert "nothing: does not exist" in _error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["check", "somewhere"], ["keygen"], ["frobnicate"]],
+    ids=["no-command", "check-without-key", "keygen-without-out", "unknown-command"],
+)
+def test_usage_errors_exit_2(argv: list, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: edge-runtime" in capsys.readouterr().err
