@@ -16,6 +16,16 @@ so that the cause is kept for logs but never shown to a client as a traceback.
     │   └── ManifestError (422)           manifest.json is malformed (after the signature held)
     ├── KeyFileError (400)                a signing/public key file is unreadable or wrong
     ├── BackendUnavailableError (503)     an optional dependency (pip extra) is missing
+    ├── FingerprintMismatchError (409)    an engine was built for another GPU / TensorRT / JetPack
+    ├── InferenceError (500)              a backend failed while running a valid request
+    ├── RequestError (400)                a client's request is malformed or does not fit the model
+    │   ├── RequestTooLargeError (413)    body over the configured cap
+    │   ├── UnsupportedMediaTypeError (415)
+    │   └── SharedMemoryError (400)       unknown region, out-of-range offset, bad key
+    ├── ModelNotFoundError (404)          unknown model or version
+    ├── ModelNotReadyError (503)          known but not (yet / any more) serving
+    ├── QueueFullError (503)              the model's bounded queue is full: retry later
+    ├── RequestTimeoutError (504)         the request waited longer than its deadline
     ├── StepUnavailableError (501)        a pipeline step that this build does not provide
     └── ExportError (400)                 the export pipeline cannot go on
         ├── ModelSourceError (400)        model name / import path / weights / ONNX file
@@ -75,6 +85,62 @@ class BackendUnavailableError(EdgeRuntimeError):
             f"the Python module '{module}' is not installed: "
             f"pip install 'edge-runtime[{extra}]'"
         )
+
+
+class FingerprintMismatchError(EdgeRuntimeError):
+    """An engine's target fingerprint does not match this host."""
+
+    http_status = 409
+
+
+class InferenceError(EdgeRuntimeError):
+    """A backend failed while running a request that passed validation."""
+
+
+class RequestError(EdgeRuntimeError):
+    """A request is malformed or does not fit the model's inputs."""
+
+    http_status = 400
+
+
+class RequestTooLargeError(RequestError):
+    """The request body exceeds the configured maximum."""
+
+    http_status = 413
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """The request body's content type is not one the endpoint accepts."""
+
+    http_status = 415
+
+
+class SharedMemoryError(RequestError):
+    """A shared-memory region is unknown, unreadable, or too small for the tensor."""
+
+
+class ModelNotFoundError(EdgeRuntimeError):
+    """No such model, or no such version of it."""
+
+    http_status = 404
+
+
+class ModelNotReadyError(EdgeRuntimeError):
+    """The model is known but not serving (loading, unloading, failed)."""
+
+    http_status = 503
+
+
+class QueueFullError(EdgeRuntimeError):
+    """The model's request queue is full; the client should retry later."""
+
+    http_status = 503
+
+
+class RequestTimeoutError(EdgeRuntimeError):
+    """The request waited past its deadline."""
+
+    http_status = 504
 
 
 class StepUnavailableError(EdgeRuntimeError):

@@ -3,7 +3,9 @@
 Accuracy is top-1 on the held-out split when labels exist, otherwise fidelity to the FP32
 model (mean cosine similarity and max abs error of the outputs). Latency is ONNX Runtime
 CPU p50 at batch 1, with the variants timed interleaved, one run each per round, so that
-a machine's slow phases hit all of them alike.
+a machine's slow phases hit all of them alike. The timing sessions run with intra-op spinning
+off: with it on, the idle threads of the sessions not being timed spin and, on 2 cores, slowed
+the timed one by up to 1.7x (measured here); off, each is ~10 % slower than alone, all alike.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ class EvalSet:
     description: str
 
 
-def _session(path: Path) -> Any:
+def _session(path: Path, spinning: bool = True) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -80,7 +83,7 @@ def evaluate(variants: List[Variant], eval_set: EvalSet) -> None:
 
 def measure_latency(variants: List[Variant], sample: np.ndarray, runs: int, progress: bool = True) -> None:
     """Time ``runs`` batch-1 inferences of every variant, interleaved; store p50 in ms."""
-    sessions = [_session(v.path) for v in variants]
+    sessions = [_session(v.path, spinning=False) for v in variants]
     feeds = [{s.get_inputs()[0].name: sample} for s in sessions]
     for session, feed in zip(sessions, feeds):
         for _ in range(5):
@@ -114,7 +117,7 @@ def build_report(
         "model": model,
         "evaluation": eval_set.description,
         "latency": {
-            "engine": "onnxruntime CPUExecutionProvider",
+            "engine": "onnxruntime CPUExecutionProvider, intra-op spinning off",
             "batch": 1,
             "runs": latency_runs,
             "cpu_count": os.cpu_count(),

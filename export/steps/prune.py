@@ -21,28 +21,39 @@ from torch import nn
 from edge_runtime.errors import BackendUnavailableError, PruningError
 
 METHODS = ("structured", "unstructured")
+DEFAULT_ROUND_TO = 8
 
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """What to prune: ``method`` in METHODS and the fraction of channels/weights to remove."""
+    """What to prune: ``method`` in METHODS, the fraction to remove, and (structured) channel rounding.
+
+    ``round_to`` keeps every pruned layer's channel count a multiple of it: odd widths such as
+    45 run slower than 48 in INT8 kernels (VNNI on x86, tensor cores on Jetson want multiples
+    of 8 to 32), which can cancel the FLOPs saved.
+    """
 
     method: str
     ratio: float
+    round_to: Optional[int] = DEFAULT_ROUND_TO
 
     @classmethod
     def parse(cls, text: str) -> PruneSpec:
-        """Parse ``structured:0.3`` / ``unstructured:0.5``."""
-        method, _, ratio_text = text.partition(":")
+        """Parse ``structured:0.3``, ``structured:0.3:16`` (round to 16) or ``unstructured:0.5``."""
+        method, _, rest = text.partition(":")
         if method not in METHODS:
             raise PruningError(f"unknown pruning method '{method}': use one of {', '.join(METHODS)}")
+        ratio_text, _, round_text = rest.partition(":")
         try:
             ratio = float(ratio_text)
+            round_to = int(round_text) if round_text else DEFAULT_ROUND_TO
         except ValueError:
-            raise PruningError(f"bad pruning ratio in '{text}': expected e.g. {method}:0.3") from None
+            raise PruningError(f"bad pruning spec '{text}': expected e.g. {method}:0.3 or {method}:0.3:8") from None
         if not 0.0 < ratio < 1.0:
             raise PruningError(f"pruning ratio must be between 0 and 1 (exclusive), got {ratio}")
-        return cls(method, ratio)
+        if round_to < 1:
+            raise PruningError(f"channel rounding must be a positive integer, got {round_to}")
+        return cls(method, ratio, round_to if round_to > 1 else None)
 
 
 def count_macs_params(model: nn.Module, input_shape: Tuple[int, ...]) -> Tuple[int, int]:
@@ -66,6 +77,7 @@ def prune_structured(
     input_shape: Tuple[int, ...],
     ratio: float,
     ignored_layers: Optional[List[nn.Module]] = None,
+    round_to: Optional[int] = DEFAULT_ROUND_TO,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable layer group by L1 magnitude, in place."""
     try:
@@ -81,6 +93,7 @@ def prune_structured(
             importance=tp.importance.MagnitudeImportance(p=1),
             pruning_ratio=ratio,
             ignored_layers=ignored,
+            round_to=round_to,
         )
         pruner.step()
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -102,5 +115,5 @@ def prune_unstructured(model: nn.Module, ratio: float) -> nn.Module:
 def apply_pruning(model: nn.Module, input_shape: Tuple[int, ...], spec: PruneSpec) -> nn.Module:
     """Apply ``spec`` to ``model`` (in place) and return it."""
     if spec.method == "structured":
-        return prune_structured(model, input_shape, spec.ratio)
+        return prune_structured(model, input_shape, spec.ratio, round_to=spec.round_to)
     return prune_unstructured(model, spec.ratio)

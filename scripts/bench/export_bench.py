@@ -9,8 +9,10 @@ Variants, all batch 1 on this machine's CPU:
 
 The ONNX variants come from the real pipeline (run_export). Timing is interleaved: each round
 runs a block of inferences of every variant in turn, so slow phases of the machine hit all
-variants alike; p50 and p90 are over all timed runs. Calibration uses seeded Gaussian inputs
-(no image data set ships here), which is fine for latency and size, not for accuracy.
+variants alike; p50 and p90 are over all timed runs. Each ORT block gets a fresh session
+(see _ort_factory) and starts with untimed runs. Pruning uses the CLI's default channel
+rounding (multiples of 8). Calibration uses seeded Gaussian inputs (no image data set ships
+here), which is fine for latency and size, not for accuracy.
 
     python scripts/bench/export_bench.py [--rounds 40] [--block 5] [--threads 2] [--out docs/benchmarks.md]
 """
@@ -39,6 +41,7 @@ from export.pipeline import ExportRequest, run_export
 from export.steps.prune import PruneSpec, prune_unstructured
 
 REPO = Path(__file__).resolve().parents[2]
+SETTLE_RUNS = 3
 
 
 def _torch_size(model: torch.nn.Module) -> int:
@@ -62,35 +65,45 @@ def _export(out: Path, key: Path, calib: Path, prune: bool, seed: int) -> Path:
     return run_export(request).path
 
 
-def _ort_runner(path: Path, threads: int, sample: np.ndarray) -> Callable[[], object]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: sample}
-    return lambda: session.run(None, feed)
+Runner = Callable[[], object]
 
 
-def _torch_runner(model: torch.nn.Module, sample: np.ndarray) -> Callable[[], object]:
+def _ort_factory(path: Path, threads: int, sample: np.ndarray) -> Callable[[], Runner]:
+    """A fresh session per block: a live session's idle intra-op threads keep spinning and, on
+    2 cores, slowed the next ORT variant by ~1.7x when sessions were kept (measured here)."""
+
+    def make() -> Runner:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: sample}
+        return lambda: session.run(None, feed)
+
+    return make
+
+
+def _torch_factory(model: torch.nn.Module, sample: np.ndarray) -> Callable[[], Runner]:
     x = torch.from_numpy(sample)
 
     def run() -> object:
         with torch.inference_mode():
             return model(x)
 
-    return run
+    return lambda: run
 
 
-def _time(runners: Dict[str, Callable[[], object]], rounds: int, block: int) -> Dict[str, List[float]]:
-    for run in runners.values():
-        for _ in range(3):
-            run()
-    times: Dict[str, List[float]] = {name: [] for name in runners}
+def _time(factories: Dict[str, Callable[[], Runner]], rounds: int, block: int) -> Dict[str, List[float]]:
+    times: Dict[str, List[float]] = {name: [] for name in factories}
     for _ in range(rounds):
-        for name, run in runners.items():
+        for name, make in factories.items():
+            run = make()
+            for _ in range(SETTLE_RUNS):  # warm caches; let the previous variant's threads go idle
+                run()
             for _ in range(block):
                 start = time.perf_counter()
                 run()
                 times[name].append((time.perf_counter() - start) * 1e3)
+            del run
     return times
 
 
@@ -121,14 +134,14 @@ def main() -> int:
             "ORT INT8 (U8S8 QDQ)": (plain / "onnx/x86-cpu.int8.onnx").stat().st_size,
             "ORT structured 30% + INT8": (pruned / "onnx/x86-cpu.int8.onnx").stat().st_size,
         }
-        runners = {
-            "torch eager FP32": _torch_runner(eager, sample),
-            "seed recipe (dynamic quant + 30% unstructured)": _torch_runner(seed_model, sample),
-            "ORT FP32": _ort_runner(plain / "model.onnx", args.threads, sample),
-            "ORT INT8 (U8S8 QDQ)": _ort_runner(plain / "onnx/x86-cpu.int8.onnx", args.threads, sample),
-            "ORT structured 30% + INT8": _ort_runner(pruned / "onnx/x86-cpu.int8.onnx", args.threads, sample),
+        factories = {
+            "torch eager FP32": _torch_factory(eager, sample),
+            "seed recipe (dynamic quant + 30% unstructured)": _torch_factory(seed_model, sample),
+            "ORT FP32": _ort_factory(plain / "model.onnx", args.threads, sample),
+            "ORT INT8 (U8S8 QDQ)": _ort_factory(plain / "onnx/x86-cpu.int8.onnx", args.threads, sample),
+            "ORT structured 30% + INT8": _ort_factory(pruned / "onnx/x86-cpu.int8.onnx", args.threads, sample),
         }
-        times = _time(runners, args.rounds, args.block)
+        times = _time(factories, args.rounds, args.block)
     text = _render(times, sizes, args)
     print(text)
     if args.out:

@@ -21,12 +21,20 @@ def test_structured_pruning_rebuilds_smaller_layers_and_cuts_macs() -> None:
     torch.manual_seed(0)
     model = DigitsCNN().eval()
     macs_before, params_before = count_macs_params(model, DIGITS_SHAPE)
-    apply_pruning(model, DIGITS_SHAPE, PruneSpec("structured", 0.3))
+    apply_pruning(model, DIGITS_SHAPE, PruneSpec("structured", 0.3, round_to=None))
     macs_after, params_after = count_macs_params(model, DIGITS_SHAPE)
     assert [round(w / o, 1) for w, o in zip(_conv_widths(model), [32, 64, 128])] == [0.7, 0.7, 0.7]
     assert macs_after <= 0.75 * macs_before
     assert params_after < params_before
     assert model(torch.zeros(2, *DIGITS_SHAPE)).shape == (2, 10)  # classifier outputs kept
+
+
+def test_structured_pruning_rounds_channel_counts() -> None:
+    model = DigitsCNN().eval()
+    apply_pruning(model, DIGITS_SHAPE, PruneSpec.parse("structured:0.3:8"))
+    assert all(width % 8 == 0 for width in _conv_widths(model))
+    assert PruneSpec.parse("structured:0.3").round_to == 8
+    assert PruneSpec.parse("structured:0.3:1").round_to is None
 
 
 def test_structured_pruning_follows_resnet_residuals() -> None:
@@ -58,10 +66,12 @@ def test_unstructured_pruning_zeroes_weights_but_keeps_shapes() -> None:
     "text, message",
     [
         ("channels:0.3", "unknown pruning method"),
-        ("structured:abc", "bad pruning ratio"),
+        ("structured:abc", "bad pruning spec"),
         ("structured:1.0", "between 0 and 1"),
         ("structured:0", "between 0 and 1"),
-        ("structured", "bad pruning ratio"),
+        ("structured", "bad pruning spec"),
+        ("structured:0.3:x", "bad pruning spec"),
+        ("structured:0.3:0", "positive integer"),
     ],
 )
 def test_bad_prune_specs_are_clear_errors(text: str, message: str) -> None:
