@@ -103,6 +103,10 @@ def run_export(request: ExportRequest) -> ExportResult:
     """Run the whole pipeline and publish the signed bundle at ``request.out``."""
     _preflight(request)
     private_key = load_private_key(request.key_path)
+    try:
+        request.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output's parent {request.out.parent}: {exc.strerror or exc}") from exc
     staging = staging_dir_for(request.out)
     try:
         manifest, report = _build(request, staging, private_key)

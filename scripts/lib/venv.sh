@@ -13,7 +13,13 @@ ensure_venv() {
   fi
   if [ "$(cat "$dir/.edge-stamp" 2>/dev/null)" != "$stamp_want" ]; then
     echo "== installing into $dir: $*"
-    "$dir/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "$@"
+    # pip's own chatter (setuptools build warnings) goes to a log, shown only when it fails
+    if ! "$dir/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "$@" \
+        > "$dir/pip-install.log" 2>&1; then
+      cat "$dir/pip-install.log" >&2
+      echo "pip install failed (log: $dir/pip-install.log)" >&2
+      return 1
+    fi
     echo "$stamp_want" > "$dir/.edge-stamp"
   fi
 }
