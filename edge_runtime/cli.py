@@ -1,9 +1,10 @@
 """The ``edge-runtime`` command.
 
-Subcommands: ``keygen`` (a bundle signing key pair) and ``check`` (verify a bundle against
-trusted public keys). Every :class:`~edge_runtime.errors.EdgeRuntimeError` is printed as one
-line, ``edge-runtime: error: <message>``, on stderr with exit status 1; usage errors exit with
-status 2 (argparse). ``serve`` and ``info`` join here as more subcommands.
+Subcommands: ``keygen`` (a bundle signing key pair), ``check`` (verify a bundle against
+trusted public keys), ``serve`` (the KServe v2 HTTP server) and ``info`` (host fingerprint).
+Every :class:`~edge_runtime.errors.EdgeRuntimeError` is printed as one line,
+``edge-runtime: error: <message>``, on stderr with exit status 1; usage errors exit with
+status 2 (argparse).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, TextIO
 from edge_runtime.bundle.manifest import Manifest, TargetInfo
 from edge_runtime.bundle.signing import generate_keypair, key_id, load_public_key
 from edge_runtime.bundle.verify import verify_bundle
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 
 PROG = "edge-runtime"
 
@@ -61,6 +62,52 @@ def _keygen(args: argparse.Namespace, out: TextIO) -> int:
     print(f"private key: {key_path}  (keep it secret; sign bundles with it)", file=out)
     print(f"public key:  {pub_path}  (install on devices to trust bundles)", file=out)
     print(f"key id:      {key_id(load_public_key(pub_path))}", file=out)
+    return 0
+
+
+# --- serve / info --------------------------------------------------------------------------
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", type=Path, metavar="DIR",
+                        help="model repository: DIR/<model>/<version>/ bundles")
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="runtime settings YAML")
+    parser.add_argument("--host", help="address to bind (default from the settings: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default from the settings: 8000; 0 picks a free one)")
+    parser.add_argument("--fake", action="append", default=[], metavar="NAME",
+                        help="also serve a fake model NAME (no bundle; for trying the API)")
+
+
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    import logging
+
+    from edge_runtime.config import load_runtime_settings
+    from edge_runtime.server.serve import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_runtime_settings(args.config)
+    if args.repository is None and not args.fake:
+        raise ConfigError("nothing to serve: give --repository DIR and/or --fake NAME")
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    return serve(settings, args.repository, host, port, args.fake)
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _info(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from edge_runtime.host_info import host_fingerprint
+
+    facts = host_fingerprint()
+    if args.json:
+        print(json.dumps(facts, indent=2), file=out)
+    else:
+        for key, value in facts.items():
+            print(f"{key + ':':13} {value if value is not None else '-'}", file=out)
     return 0
 
 
@@ -125,6 +172,8 @@ class _Command(NamedTuple):
 _COMMANDS: Dict[str, _Command] = {
     "keygen": _Command(_keygen_arguments, _keygen, "create an ed25519 key pair to sign bundles"),
     "check": _Command(_check_arguments, _check, "verify a bundle's signature and files"),
+    "serve": _Command(_serve_arguments, _serve, "serve a model repository over the KServe v2 HTTP API"),
+    "info": _Command(_info_arguments, _info, "print the host fingerprint (platform, Jetson model, L4T, CUDA, ...)"),
 }
 
 

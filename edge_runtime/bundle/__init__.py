@@ -25,7 +25,14 @@ from edge_runtime.bundle.signing import (
     sign_manifest,
     verify_manifest_signature,
 )
-from edge_runtime.bundle.verify import MANIFEST_NAME, SIGNATURE_NAME, sha256_file, verify_bundle
+from edge_runtime.bundle.verify import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    VerifiedBundle,
+    open_bundle,
+    sha256_file,
+    verify_bundle,
+)
 from edge_runtime.bundle.writer import ArtifactSpec, finalize_bundle
 
 __all__ = [
@@ -39,11 +46,13 @@ __all__ = [
     "Manifest",
     "TargetInfo",
     "TensorSpec",
+    "VerifiedBundle",
     "finalize_bundle",
     "generate_keypair",
     "key_id",
     "load_private_key",
     "load_public_key",
+    "open_bundle",
     "sha256_file",
     "sign_manifest",
     "verify_bundle",

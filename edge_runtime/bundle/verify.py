@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Sequence, Type, Union
 
@@ -166,3 +167,25 @@ def _describe_open_error(path: Path, exc: OSError) -> str:
         return f"it is a symbolic link; {_REGULAR_ONLY}"
     return exc.strerror or str(exc)
 
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle directory whose signature and files were checked, and its manifest.
+
+    Backends take this type rather than a bare path, so that loading an unverified bundle is
+    a type error. The files are trusted as of verification: the bundle store is the runtime's
+    own directory (DESIGN rule 5), nobody else writes there.
+    """
+
+    path: Path
+    manifest: Manifest
+
+    def path_of(self, artifact: Artifact) -> Path:
+        """Where ``artifact`` lies on disk."""
+        return self.path / artifact.path
+
+
+def open_bundle(bundle_dir: PathLike, trusted_keys: Sequence[Ed25519PublicKey]) -> VerifiedBundle:
+    """Verify ``bundle_dir`` (see :func:`verify_bundle`) and return it with its manifest."""
+    return VerifiedBundle(Path(bundle_dir), verify_bundle(bundle_dir, trusted_keys))

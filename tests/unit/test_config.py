@@ -273,7 +273,7 @@ class _Sample:
 
 
 def _sample(**data: Any) -> Any:
-    from edge_runtime.config import _build  # the generic part is private on purpose
+    from edge_runtime.config.schema import _build  # the generic part is private on purpose
 
     base: Dict[str, Any] = {"ratio": 1, "mode": "fast", "sizes": [1], "pair": [1, "a"]}
     base.update(data)

@@ -1,33 +1,30 @@
-"""Device configuration: YAML files under ``device_configs/`` → validated, frozen dataclasses.
+"""A small validator that builds frozen dataclasses from parsed YAML, driven by type hints.
 
-A device config says what a target can run (backend, precisions, TensorRT/JetPack versions,
-compute capability, DLA cores), which batch profile engines are built for, how INT8 models are
-quantized for it, and how much memory the runtime may use there.
-
-The validator below is written by hand on purpose, driven by the dataclasses' fields and type
-hints. A schema library (pydantic, attrs+cattrs, jsonschema) would add a dependency to the device
-runtime, which stays at numpy, pyyaml and cryptography so that it installs on JetPack 5's
-Python 3.8; and we want every message on one line, naming the file, the dotted key path and the
-expected type, e.g. ``device_configs/x.yaml: batch.max: expected int, got str ('eight')``.
+Written by hand on purpose: a schema library (pydantic, attrs+cattrs, jsonschema) would add a
+dependency to the device runtime, which stays at numpy, pyyaml and cryptography so that it
+installs on JetPack 5's Python 3.8; and we want every message on one line, naming the file, the
+dotted key path and the expected type, e.g. ``device_configs/x.yaml: batch.max: expected int,
+got str ('eight')``.
 
 Rules: an unknown key is an error (never ignored); a missing required key is an error; ``bool``
 is not accepted as ``int``; an ``int`` is accepted where a ``float`` is expected; YAML lists
 become tuples for ``Tuple[X, ...]`` fields. Every problem raises :class:`ConfigError`.
+Fields whose metadata is :data:`NOT_A_KEY` are set by loaders, never read from YAML.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from typing import (
     Any,
     Dict,
     List,
     Literal,
     Mapping,
-    Optional,
     Tuple,
+    Type,
+    TypeVar,
     Union,
     get_args,
     get_origin,
@@ -38,67 +35,13 @@ import yaml
 
 from edge_runtime.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "tensorrt")
-QUANT_SCHEMES = ("u8s8-qdq", "s8s8-qdq")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
+T = TypeVar("T")
 _SCALARS = (str, int, float, bool)
-
-# Fields marked with this metadata are set by the loader and are not YAML keys.
-_NOT_A_KEY = {"yaml_key": False}
+NOT_A_KEY = {"yaml_key": False}
 
 
-@dataclass(frozen=True)
-class BatchProfile:
-    """Batch sizes an engine is built for: TensorRT optimization profile min/opt/max."""
-
-    min: int
-    opt: int
-    max: int
-
-
-@dataclass(frozen=True)
-class QuantizationSettings:
-    """How the export pipeline quantizes a model to INT8 for this device."""
-
-    # "u8s8-qdq": ONNX Runtime CPU (uint8 activations, int8 per-channel weights);
-    # "s8s8-qdq": TensorRT explicit quantization (symmetric int8, zero point 0).
-    scheme: str
-    per_channel: bool = True
-    calibration_method: str = "minmax"  # minmax | entropy | percentile
-    calibration_samples: int = 256
-
-
-@dataclass(frozen=True)
-class DeviceConfig:
-    """Everything the export pipeline and the runtime need to know about one target device."""
-
-    name: str
-    device_class: str
-    backend: str
-    precisions: Tuple[str, ...]
-    default_precision: str
-    batch: BatchProfile
-    quantization: QuantizationSettings
-    memory_budget_mb: int
-    workspace_mb: int
-    compute_capability: Optional[str] = None
-    jetpack: Optional[str] = None
-    l4t: Optional[str] = None
-    cuda_version: Optional[str] = None
-    tensorrt_version: Optional[str] = None
-    dla_cores: int = 0
-    source: str = field(default="", metadata=_NOT_A_KEY)
-
-    @property
-    def uses_tensorrt(self) -> bool:
-        """True when engines for this device are built and run with TensorRT."""
-        return self.backend == "tensorrt"
-
-
-def load_device_config(path: Union[str, os.PathLike]) -> DeviceConfig:
-    """Read and validate one device config YAML file; every problem is a one-line ConfigError."""
+def read_yaml_mapping(path: Union[str, os.PathLike[str]]) -> Tuple[Mapping[str, Any], str]:
+    """Read a YAML file whose top level must be a mapping; return it and the path as text."""
     source = os.fspath(path)
     try:
         with open(source, "rb") as handle:
@@ -107,87 +50,35 @@ def load_device_config(path: Union[str, os.PathLike]) -> DeviceConfig:
         raise ConfigError(f"{source}: cannot read file: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(exc)}") from exc
-    return device_config_from_mapping(data, source)
+    return require_mapping(data, source), source
 
 
-def device_config_from_mapping(data: Mapping[str, Any], source: str) -> DeviceConfig:
-    """Validate an already parsed mapping; ``source`` names it in messages and in the result."""
+def require_mapping(data: Any, source: str) -> Mapping[str, Any]:
+    """``data`` itself if it is a mapping, else a ConfigError naming ``source``."""
     if not isinstance(data, Mapping):
         got = "an empty document" if data is None else _describe_value(data)
         raise ConfigError(f"{source}: expected a mapping at the top level, got {got}")
-    config = _build(DeviceConfig, data, "", source)
-    config = dataclasses.replace(config, source=source)
-    _check_device_config(config)
-    return config
+    return data
 
 
-# --- semantic checks -------------------------------------------------------------------------
+def build_dataclass(cls: Type[T], data: Any, source: str, path: str = "") -> T:
+    """Build dataclass ``cls`` from a parsed mapping, checking keys and value types."""
+    return _build(cls, data, path, source)
 
 
-def _check_device_config(cfg: DeviceConfig) -> None:
-    src = cfg.source
-    _check_one_of(src, "backend", cfg.backend, BACKENDS)
-    _check_batch(src, cfg.batch)
-    _check_precisions(src, cfg.precisions, cfg.default_precision)
-    _check_quantization(src, cfg.quantization)
-    if cfg.uses_tensorrt:
-        for key in ("tensorrt_version", "compute_capability"):
-            if getattr(cfg, key) is None:
-                raise ConfigError(f"{src}: missing required key '{key}' (backend is tensorrt)")
-        # TensorRT only takes symmetric int8 Q/DQ (zero point 0); u8 activations fail its parser.
-        if cfg.quantization.scheme != "s8s8-qdq":
-            raise ConfigError(
-                f"{src}: quantization.scheme: expected 's8s8-qdq' for backend tensorrt, "
-                f"got {cfg.quantization.scheme!r}"
-            )
-    _check_at_least(src, "dla_cores", cfg.dla_cores, 0)
-    _check_at_least(src, "memory_budget_mb", cfg.memory_budget_mb, 1)
-    _check_at_least(src, "workspace_mb", cfg.workspace_mb, 1)
-
-
-def _check_batch(src: str, batch: BatchProfile) -> None:
-    if not 1 <= batch.min <= batch.opt <= batch.max:
-        raise ConfigError(
-            f"{src}: batch: expected 1 <= min <= opt <= max, "
-            f"got min={batch.min}, opt={batch.opt}, max={batch.max}"
-        )
-
-
-def _check_precisions(src: str, precisions: Tuple[str, ...], default: str) -> None:
-    if not precisions:
-        raise ConfigError(f"{src}: precisions: expected at least one of {', '.join(PRECISIONS)}")
-    for index, precision in enumerate(precisions):
-        _check_one_of(src, f"precisions[{index}]", precision, PRECISIONS)
-        if precision in precisions[:index]:
-            raise ConfigError(f"{src}: precisions[{index}]: {precision!r} is listed twice")
-    if default not in precisions:
-        raise ConfigError(
-            f"{src}: default_precision: expected one of the precisions "
-            f"({', '.join(precisions)}), got {default!r}"
-        )
-
-
-def _check_quantization(src: str, quant: QuantizationSettings) -> None:
-    _check_one_of(src, "quantization.scheme", quant.scheme, QUANT_SCHEMES)
-    _check_one_of(
-        src, "quantization.calibration_method", quant.calibration_method, CALIBRATION_METHODS
-    )
-    _check_at_least(src, "quantization.calibration_samples", quant.calibration_samples, 1)
-
-
-def _check_one_of(src: str, path: str, value: str, allowed: Tuple[str, ...]) -> None:
+def check_one_of(src: str, path: str, value: str, allowed: Tuple[str, ...]) -> None:
+    """ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{src}: {path}: expected one of {', '.join(allowed)}, got {value!r}")
 
 
-def _check_at_least(src: str, path: str, value: int, lowest: int) -> None:
+def check_at_least(src: str, path: str, value: int, lowest: int) -> None:
+    """ConfigError unless ``value >= lowest``."""
     if value < lowest:
         # "> 0" reads better than ">= 1" for sizes.
         bound = f"> {lowest - 1}" if lowest > 0 else f">= {lowest}"
         raise ConfigError(f"{src}: {path}: expected int {bound}, got {value}")
 
-
-# --- generic validator driven by dataclass fields and type hints ----------------------------
 
 
 def _build(cls: Any, data: Any, path: str, source: str) -> Any:

@@ -1,0 +1,83 @@
+"""The Flask application factory: KServe v2 / Triton-compatible HTTP API over a model repository.
+
+Routes stay thin (transport only): they decode with ``codec``, call the repository or a served
+model, and encode. Every error, ours or werkzeug's, leaves as JSON ``{"error": "..."}`` with
+its status; an unexpected exception is logged with its traceback and answered as a 500 JSON
+without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Tuple
+
+import orjson
+from flask import Flask, Response, current_app
+from werkzeug.exceptions import HTTPException
+
+from edge_runtime.config import RuntimeSettings
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.server import codec
+from edge_runtime.server.context import ServerContext
+from edge_runtime.server.limits import RequestLimits
+from edge_runtime.serving.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+EXTENSION_KEY = "edge_runtime"
+
+
+def create_app(settings: RuntimeSettings, repository: ModelRepository) -> Flask:
+    """Build the app serving ``repository`` under ``settings`` (limits, batching, timeouts)."""
+    from edge_runtime.server import routes_health, routes_infer, routes_models, routes_repository, routes_shm
+    from edge_runtime.server.metrics import metrics_blueprint
+
+    app = Flask("edge_runtime")
+    limits = RequestLimits(**settings.limits.__dict__)
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_request_bytes
+    app.extensions[EXTENSION_KEY] = ServerContext(repository=repository, settings=settings, limits=limits)
+    for module in (routes_health, routes_models, routes_infer, routes_repository, routes_shm):
+        app.register_blueprint(module.blueprint)
+    app.register_blueprint(metrics_blueprint(repository))
+    app.register_error_handler(EdgeRuntimeError, _runtime_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def context() -> ServerContext:
+    """The ServerContext of the app handling the current request."""
+    ctx: ServerContext = current_app.extensions[EXTENSION_KEY]
+    return ctx
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """A JSON response (orjson: fast, and it serializes numpy values)."""
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status=status,
+                    mimetype="application/json")
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+def _runtime_error(exc: EdgeRuntimeError) -> Tuple[Response, int]:
+    if exc.http_status >= 500:
+        log.warning("%s: %s", type(exc).__name__, exc)
+    return error_response(str(exc), exc.http_status), exc.http_status
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    return error_response(exc.description or exc.name, status)
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    log.exception("unexpected error while handling a request")
+    return error_response(f"internal error ({type(exc).__name__})", 500)
+
+
+def optional_body(limits: RequestLimits, data: bytes) -> Optional[Any]:
+    """Parse an optional JSON body (empty → None) under the request limits."""
+    if not data.strip():
+        return None
+    return codec.parse_json_body(data, limits)

@@ -1,0 +1,29 @@
+"""What the HTTP layer needs at hand: the repository, shared-memory regions, limits, state."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from edge_runtime.config import RuntimeSettings
+from edge_runtime.server.limits import RequestLimits
+from edge_runtime.server.shm import SystemSharedMemoryRegistry
+from edge_runtime.serving.repository import ModelRepository
+
+
+@dataclass
+class ServerContext:
+    """One per app: shared by every request thread (each member is thread-safe)."""
+
+    repository: ModelRepository
+    settings: RuntimeSettings
+    limits: RequestLimits
+    shm: SystemSharedMemoryRegistry = field(default_factory=SystemSharedMemoryRegistry)
+    started: float = field(default_factory=time.time)
+    draining: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ready(self) -> bool:
+        """Serving: not draining, and every loaded model is ready."""
+        return not self.draining.is_set() and all(m.ready for m in self.repository.loaded())

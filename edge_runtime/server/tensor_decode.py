@@ -1,0 +1,240 @@
+"""Decoding one input tensor of a KServe v2 inference request: name, datatype, shape, data.
+
+A tensor's values come from exactly one of three places: a JSON ``data`` list, a slice of the
+binary section after the JSON header (``parameters.binary_data_size``), or a registered system
+shared-memory region (``parameters.shared_memory_region``). Every conversion runs in numpy's C
+code: JSON lists go through one ``np.asarray`` whose inferred dtype tells whether the values are
+booleans, integers or floats; binary and shared-memory tensors are ``np.frombuffer`` views, not
+copies (binary ones are read-only, shared-memory ones are views of the client's memory).
+
+Known leniency: a JSON ``true``/``false`` mixed into a list of numbers reads as 1/0 (numpy's
+conversion does that, and finding it would cost a Python-level pass over every element); a list
+of only booleans for a numeric input is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from edge_runtime.bundle.manifest import TensorSpec
+from edge_runtime.errors import RequestError
+from edge_runtime.server.datatypes import kserve_to_numpy, numpy_to_kserve
+from edge_runtime.server.json_body import describe, get_count, get_field
+from edge_runtime.server.limits import RequestLimits
+from edge_runtime.server.shm import SystemSharedMemoryRegistry
+
+_SOURCES = ("data", "parameters.binary_data_size", "parameters.shared_memory_region")
+
+
+@dataclass(frozen=True)
+class ShmRef:
+    """Where a tensor lies in a registered system shared-memory region."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+class BinarySection:
+    """The bytes after the JSON header, handed out to the binary inputs in request order."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._data = data
+        self._used = 0
+
+    def take(self, size: int, where: str) -> memoryview:
+        """The next ``size`` bytes; RequestError when fewer are left."""
+        left = len(self._data) - self._used
+        if size > left:
+            raise RequestError(
+                f"{where}: binary_data_size {size} goes past the end of the binary data ({left} bytes left)"
+            )
+        chunk = self._data[self._used : self._used + size]
+        self._used += size
+        return chunk
+
+    def check_consumed(self) -> None:
+        """RequestError unless the binary inputs used up exactly the whole section."""
+        if self._used != len(self._data):
+            raise RequestError(
+                f"the binary data after the JSON header is {len(self._data)} bytes but the inputs' "
+                f"binary_data_size add up to {self._used}"
+            )
+
+
+def read_shm_ref(parameters: Dict[str, Any], where: str) -> Optional[ShmRef]:
+    """The shared-memory parameters of a tensor, or None when it names no region."""
+    region = get_field(parameters, "shared_memory_region", "str", where)
+    byte_size = get_count(parameters, "shared_memory_byte_size", where)
+    offset = get_count(parameters, "shared_memory_offset", where)
+    if region is None:
+        if byte_size is not None or offset is not None:
+            raise RequestError(f"{where}: shared_memory_byte_size/offset given without shared_memory_region")
+        return None
+    if byte_size is None:
+        raise RequestError(f"{where}: shared_memory_byte_size: required with shared_memory_region")
+    return ShmRef(region=region, byte_size=byte_size, offset=offset or 0)
+
+
+def input_spec(item: Any, index: int, specs: Dict[str, TensorSpec]) -> TensorSpec:
+    """The model input that ``inputs[index]`` names."""
+    where = f"inputs[{index}]"
+    if not isinstance(item, dict):
+        raise RequestError(f"{where}: expected an object, got {describe(item)}")
+    name = get_field(item, "name", "str", where, required=True)
+    if name not in specs:
+        raise RequestError(f"{where}: {name!r} is not an input of the model (inputs: {', '.join(specs)})")
+    return specs[name]
+
+
+def decode_input(
+    item: Dict[str, Any],
+    spec: TensorSpec,
+    binary: BinarySection,
+    shm: SystemSharedMemoryRegistry,
+    limits: RequestLimits,
+) -> np.ndarray:
+    """The array of one request input, checked against the model's ``spec``."""
+    where = f"input {spec.name!r}"
+    datatype = get_field(item, "datatype", "str", where, required=True)
+    try:
+        dtype = kserve_to_numpy(datatype)
+    except RequestError as exc:
+        raise RequestError(f"{where}: {exc}") from None
+    expected = numpy_to_kserve(spec.dtype)
+    if datatype != expected:
+        raise RequestError(f"{where}: datatype {datatype} does not match the model's {expected}")
+    shape = decode_shape(item, spec, where, limits)
+    count = _product(shape)
+    parameters = get_field(item, "parameters", "object", where) or {}
+    parameters_where = f"{where} parameters"
+    binary_size = get_count(parameters, "binary_data_size", parameters_where)
+    shm_ref = read_shm_ref(parameters, parameters_where)
+    present = ("data" in item, binary_size is not None, shm_ref is not None)
+    given = [source for source, here in zip(_SOURCES, present) if here]
+    if len(given) != 1:
+        raise RequestError(
+            f"{where}: expected exactly one of {', '.join(_SOURCES)}, got {' and '.join(given) or 'none'}"
+        )
+    if shm_ref is not None:
+        return _decode_raw(_shm_bytes(shm, shm_ref, dtype, count, where), dtype, shape, where)
+    if binary_size is not None:
+        _check_byte_size(binary_size, dtype, count, where, "binary_data_size")
+        return _decode_raw(binary.take(binary_size, where), dtype, shape, where)
+    return decode_json_data(item["data"], dtype, shape, where)
+
+
+def decode_shape(item: Dict[str, Any], spec: TensorSpec, where: str, limits: RequestLimits) -> List[int]:
+    """The request's shape, checked against the limits and the model's shape (-1: any size)."""
+    shape = get_field(item, "shape", "list", where, required=True)
+    if len(shape) > limits.max_dims:
+        raise RequestError(f"{where}: shape: {len(shape)} dims, more than the limit of {limits.max_dims}")
+    for index, dim in enumerate(shape):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            shown = dim if type(dim) in (int, float) else describe(dim)
+            raise RequestError(f"{where}: shape[{index}]: expected an integer >= 0, got {shown}")
+    if _product(shape) > limits.max_tensor_elements:
+        raise RequestError(
+            f"{where}: shape {shape} has more than the limit of {limits.max_tensor_elements} elements"
+        )
+    model_shape = list(spec.shape)
+    fits = len(shape) == len(model_shape) and all(want in (-1, got) for got, want in zip(shape, model_shape))
+    if not fits:
+        raise RequestError(f"{where}: shape {shape} does not fit the model's {model_shape} (-1: any size)")
+    return shape
+
+
+def decode_json_data(data: Any, dtype: np.dtype, shape: List[int], where: str) -> np.ndarray:
+    """A JSON ``data`` list (flat, or nested like ``shape``) as an array of ``dtype``."""
+    if not isinstance(data, list):
+        raise RequestError(f"{where}: data: expected a list, got {describe(data)}")
+    _check_nesting(data, max(1, len(shape)), where)
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RequestError(f"{where}: data: not a regular array of numbers: {reason}") from exc
+    if raw.ndim != 1 and list(raw.shape) != shape:
+        raise RequestError(
+            f"{where}: data is nested as {list(raw.shape)}, which is not the shape {shape}: "
+            "send it flat or nested like the shape"
+        )
+    count = _product(shape)
+    if raw.size != count:
+        raise RequestError(f"{where}: data holds {raw.size} values but shape {shape} needs {count}")
+    return _convert(raw, dtype, where).reshape(shape)
+
+
+def _check_nesting(data: List[Any], allowed: int, where: str) -> None:
+    # Only the first chain: if another element nests deeper, numpy finds the array ragged.
+    value: Any = data
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if depth > allowed:
+            raise RequestError(f"{where}: data: nested deeper than the shape's {allowed} dims")
+        if not value:
+            return
+        value = value[0]
+
+
+def _convert(raw: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    datatype = numpy_to_kserve(dtype)
+    if raw.size == 0:
+        return raw.astype(dtype)
+    if dtype.kind == "b":
+        if raw.dtype.kind != "b":
+            raise RequestError(f"{where}: data: {datatype} takes JSON booleans, got {_values(raw)}")
+        return raw.astype(dtype, copy=False)
+    if dtype.kind in "iu":
+        if raw.dtype.kind not in "iu":
+            raise RequestError(f"{where}: data: {datatype} takes JSON integers, got {_values(raw)}")
+        info = np.iinfo(dtype)
+        for value in (int(raw.min()), int(raw.max())):
+            if not info.min <= value <= info.max:
+                raise RequestError(f"{where}: data: {value} is out of range for {datatype}")
+        return raw.astype(dtype)
+    if raw.dtype.kind not in "iuf":
+        raise RequestError(f"{where}: data: {datatype} takes JSON numbers, got {_values(raw)}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = raw.astype(dtype)
+    if not np.isfinite(converted).all():
+        raise RequestError(f"{where}: data: a value is out of range for {datatype}")
+    return converted
+
+
+def _values(raw: np.ndarray) -> str:
+    kinds = {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point numbers", "U": "strings"}
+    return kinds.get(raw.dtype.kind, "values of mixed JSON types")
+
+
+def _decode_raw(data: memoryview, dtype: np.dtype, shape: List[int], where: str) -> np.ndarray:
+    array = np.frombuffer(data, dtype=dtype) if len(data) else np.empty(0, dtype=dtype)
+    if dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
+        raise RequestError(f"{where}: BOOL bytes must be 0 or 1")
+    return array.reshape(shape)
+
+
+def _shm_bytes(
+    shm: SystemSharedMemoryRegistry, ref: ShmRef, dtype: np.dtype, count: int, where: str
+) -> memoryview:
+    _check_byte_size(ref.byte_size, dtype, count, where, "shared_memory_byte_size")
+    return shm.view(ref.region, ref.offset, ref.byte_size)
+
+
+def _check_byte_size(size: int, dtype: np.dtype, count: int, where: str, key: str) -> None:
+    expected = count * dtype.itemsize
+    if size != expected:
+        raise RequestError(
+            f"{where}: {key} is {size} but the shape and datatype need {expected} bytes"
+        )
+
+
+def _product(shape: List[int]) -> int:
+    count = 1
+    for dim in shape:  # Python ints: no overflow, whatever the dims
+        count *= dim
+    return count

@@ -1,0 +1,1 @@
+"""Serving: the model repository, per-model worker threads, dynamic batching and statistics."""
