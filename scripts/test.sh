@@ -23,6 +23,6 @@ echo "== pytest (Python $(.venv/bin/python -c 'import platform; print(platform.p
 .venv/bin/python -m pytest "$@"
 
 py38=$(find_python38)
-ensure_venv .venv38 "$py38" -e ".[cpu,server]" "pytest>=7.4" "hypothesis>=6.80"
+ensure_venv .venv38 "$py38" -e ".[cpu,server]" "pytest>=7.4" "hypothesis>=6.80" "tritonclient[http]>=2.40" "onnx>=1.15"
 echo "== pytest on Python 3.8 (device runtime only)"
 .venv38/bin/python -m pytest -m "not export" "$@"

@@ -33,7 +33,7 @@ class BatchingSettings:
 
     enabled: bool = True
     max_batch_size: int = 8  # also capped by the device config's batch.max and the model's batch axis
-    max_queue_delay_us: int = 1000
+    max_queue_delay_us: int = 0  # Triton's default: batch what is queued, never wait for more
     preferred_batch_sizes: Tuple[int, ...] = ()
     max_queue_size: int = 64  # requests waiting per model; one more is answered 503
 

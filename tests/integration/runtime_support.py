@@ -1,0 +1,101 @@
+"""Integration test support: a tiny signed bundle and `edge-runtime serve` subprocesses.
+
+The model is a tiny affine ONNX graph written with onnx.helper (no torch), so these tests also
+run on the device's Python 3.8: output = input @ W + b, input float32 [-1, 4], output [-1, 3].
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle.manifest import TargetInfo, TensorSpec
+from edge_runtime.bundle.signing import load_private_key
+from edge_runtime.bundle.writer import ArtifactSpec, finalize_bundle
+
+W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0
+B = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+
+
+def affine(x: np.ndarray) -> np.ndarray:
+    """What the tiny model computes."""
+    return x @ W + B
+
+
+def write_tiny_bundle(directory: Path, key_path: Path, version: str) -> None:
+    """A signed bundle holding the affine model as the x86-cpu target's FP32 ONNX."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["output"])],
+        "affine",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by onnxruntime 1.19 (the last with Python 3.8 wheels)
+    directory.mkdir(parents=True)
+    onnx.save(model, str(directory / "model.onnx"))
+    finalize_bundle(
+        directory, name="tiny", version=version,
+        inputs=[TensorSpec(name="input", dtype="float32", shape=(-1, 4))],
+        outputs=[TensorSpec(name="output", dtype="float32", shape=(-1, 3))],
+        source_model_sha256="0" * 64,
+        artifacts=[ArtifactSpec("model.onnx", "onnx", None, "fp32")],
+        targets=[TargetInfo(name="x86-cpu", device_class="x86-cpu", backend="onnxruntime", precision="fp32")],
+        private_key=load_private_key(key_path),
+    )
+
+
+@dataclass
+class RunningServer:
+    """An `edge-runtime serve` subprocess on 127.0.0.1."""
+
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start_server(args: List[str], log: Path, timeout: float = 60.0) -> RunningServer:
+    """Start `edge-runtime serve ARGS --port 0` and wait until /v2/health/ready answers 200."""
+    handle = log.open("w")
+    process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", *args, "--port", "0"],
+                               stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    port = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", log.read_text())
+        if match:
+            port = int(match.group(1))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
+                    if reply.status == 200:
+                        return RunningServer(process, port, log)
+            except OSError:
+                pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
+
+
