@@ -27,6 +27,7 @@ class BackendOptions:
 
     max_batch_size: int = 8  # largest batch the serving layer will send (1: no batching)
     intra_op_threads: Optional[int] = None  # CPU backends; None: the library's default
+    spinning: bool = False  # CPU thread pools busy-wait between runs (see RuntimeSettings.intra_op_spinning)
 
 
 class Backend(abc.ABC):

@@ -92,6 +92,7 @@ class OnnxRuntimeBackend(Backend):
         session_options.log_severity_level = 3
         if options.intra_op_threads:
             session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
         try:
             self._session = ort.InferenceSession(
                 str(bundle.path_of(artifact)), session_options, providers=["CPUExecutionProvider"]

@@ -51,6 +51,9 @@ class RuntimeSettings:
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     instances: int = 1  # worker threads (each with its own backend) per model
     intra_op_threads: Optional[int] = None  # ONNX Runtime threads per instance; None: all cores
+    # Off by default: an idle session's spinning threads slowed another busy one by ~1.7x on 2 cores
+    # (measured here); off costs a single busy model ~10 % latency. Turn on for one model per device.
+    intra_op_spinning: bool = False
     warmup_runs: int = 3
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 10.0

@@ -52,8 +52,12 @@ def serve(settings: RuntimeSettings, repository_dir: Optional[Path], host: str, 
     app = create_app(settings, repository)
     context = app.extensions[EXTENSION_KEY]
     socket_map: Dict[int, Any] = {}  # ours, so the drain below can watch the open connections
+    body_cap = settings.limits.max_request_bytes
+    # waitress spools bodies over 512 KiB (inbuf_overflow) and responses over 1 MiB to temp files;
+    # a 600 KB image tensor then costs a disk round trip. Within the body cap, keep them in memory.
     server = waitress.create_server(app, map=socket_map, host=host, port=port, threads=settings.http_threads,
-                                    max_request_body_size=settings.limits.max_request_bytes + 1)
+                                    max_request_body_size=body_cap + 1, inbuf_overflow=body_cap + 1,
+                                    outbuf_overflow=body_cap + 1)
     stopping = threading.Event()
 
     def stop(signum: int, frame: Optional[FrameType]) -> None:

@@ -165,7 +165,7 @@ def decode_json_data(data: Any, dtype: np.dtype, shape: List[int], where: str) -
     count = _product(shape)
     if raw.size != count:
         raise RequestError(f"{where}: data holds {raw.size} values but shape {shape} needs {count}")
-    return _convert(raw, dtype, where).reshape(shape)
+    return _convert(data, raw, dtype, where).reshape(shape)
 
 
 def _check_nesting(data: List[Any], allowed: int, where: str) -> None:
@@ -181,7 +181,7 @@ def _check_nesting(data: List[Any], allowed: int, where: str) -> None:
         value = value[0]
 
 
-def _convert(raw: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+def _convert(data: List[Any], raw: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     datatype = numpy_to_kserve(dtype)
     if raw.size == 0:
         return raw.astype(dtype)
@@ -190,13 +190,7 @@ def _convert(raw: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
             raise RequestError(f"{where}: data: {datatype} takes JSON booleans, got {_values(raw)}")
         return raw.astype(dtype, copy=False)
     if dtype.kind in "iu":
-        if raw.dtype.kind not in "iu":
-            raise RequestError(f"{where}: data: {datatype} takes JSON integers, got {_values(raw)}")
-        info = np.iinfo(dtype)
-        for value in (int(raw.min()), int(raw.max())):
-            if not info.min <= value <= info.max:
-                raise RequestError(f"{where}: data: {value} is out of range for {datatype}")
-        return raw.astype(dtype)
+        return _convert_integers(data, raw, dtype, datatype, where)
     if raw.dtype.kind not in "iuf":
         raise RequestError(f"{where}: data: {datatype} takes JSON numbers, got {_values(raw)}")
     with np.errstate(over="ignore", invalid="ignore"):
@@ -204,6 +198,29 @@ def _convert(raw: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     if not np.isfinite(converted).all():
         raise RequestError(f"{where}: data: a value is out of range for {datatype}")
     return converted
+
+
+def _convert_integers(data: List[Any], raw: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    if raw.dtype.kind == "f" and dtype.kind == "u" and dtype.itemsize == 8:
+        raw = _exact_uint64(data, raw)
+    if raw.dtype.kind not in "iu":
+        raise RequestError(f"{where}: data: {datatype} takes JSON integers, got {_values(raw)}")
+    info = np.iinfo(dtype)
+    for value in (int(raw.min()), int(raw.max())):
+        if not info.min <= value <= info.max:
+            raise RequestError(f"{where}: data: {value} is out of range for {datatype}")
+    return raw.astype(dtype)
+
+
+def _exact_uint64(data: List[Any], raw: np.ndarray) -> np.ndarray:
+    # numpy infers float64 for a list that mixes integers below 2**63 with larger ones: convert
+    # again straight to uint64, and keep that only if no value was a fraction (or negative).
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            exact = np.asarray(data, dtype=np.uint64)
+    except (OverflowError, ValueError, TypeError):  # e.g. a negative integer
+        return raw
+    return exact if np.array_equal(exact.astype(np.float64), raw) else raw
 
 
 def _values(raw: np.ndarray) -> str:

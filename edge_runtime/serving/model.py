@@ -56,7 +56,8 @@ class ServedModel:
     def start(self, timeout_s: float = 600.0) -> None:
         """Load and warm up every instance; READY only when all are. Raises the first load error."""
         wanted = min(self._settings.batching.max_batch_size, self._device.batch.max)
-        options = BackendOptions(max_batch_size=wanted, intra_op_threads=self._settings.intra_op_threads)
+        options = BackendOptions(max_batch_size=wanted, intra_op_threads=self._settings.intra_op_threads,
+                                 spinning=self._settings.intra_op_spinning)
         self._queue = RequestQueue(self._settings.batching)
         self._instances = [
             ModelInstance(f"{self.name}-{self.version}-{i}", self._factory, self.bundle, self._device, options,
