@@ -32,7 +32,7 @@ def create_app(settings: RuntimeSettings, repository: ModelRepository) -> Flask:
     from edge_runtime.server.metrics import metrics_blueprint
 
     app = Flask("edge_runtime")
-    limits = RequestLimits(**settings.limits.__dict__)
+    limits = settings.limits
     app.config["MAX_CONTENT_LENGTH"] = limits.max_request_bytes
     app.extensions[EXTENSION_KEY] = ServerContext(repository=repository, settings=settings, limits=limits)
     for module in (routes_health, routes_models, routes_infer, routes_repository, routes_shm):
