@@ -317,3 +317,33 @@ def test_device_config_fields_are_the_agreed_api() -> None:
         "workspace_mb",
     ]
     assert names[-1] == "source"
+
+
+def test_example_runtime_settings_load_with_defaults() -> None:
+    from edge_runtime.config import RuntimeSettings, load_runtime_settings
+
+    settings = load_runtime_settings(DEVICE_CONFIGS / "runtime" / "example.yaml")
+    defaults = RuntimeSettings(device_config="../x86-cpu.yaml", trusted_keys=("/etc/edge-runtime/keys/signing.pub",))
+    assert settings.batching == defaults.batching and settings.limits == defaults.limits
+    assert settings.resolve(settings.device_config) == (DEVICE_CONFIGS / "x86-cpu.yaml").resolve()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("port: 70000\n", "port: expected 1..65535"),
+        ("batching: {max_batch_size: 4, preferred_batch_sizes: [8]}\n", "preferred_batch_sizes[0]"),
+        ("batching: {max_queue_size: 0}\n", "batching.max_queue_size"),
+        ("limits: {max_json_depth: '64'}\n", "limits.max_json_depth: expected int"),
+        ("turbo: true\n", "unknown key 'turbo'"),
+    ],
+    ids=["port", "preferred-over-max", "queue-size", "depth-type", "unknown-key"],
+)
+def test_bad_runtime_settings(tmp_path: Path, extra: str, message: str) -> None:
+    from edge_runtime.config import load_runtime_settings
+
+    path = tmp_path / "runtime.yaml"
+    path.write_text("device_config: d.yaml\ntrusted_keys: [k.pub]\n" + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_runtime_settings(path)
+    assert message in str(caught.value) and "runtime.yaml" in str(caught.value)
