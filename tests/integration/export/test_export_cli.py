@@ -142,3 +142,19 @@ def test_help_lists_the_main_options(tmp_path: Path) -> None:
     assert result.returncode == 0
     for option in ("--model", "--prune", "--calib-data", "--config", "--key", "--skip-engine"):
         assert option in result.stdout
+
+
+def test_fp16_for_a_tensorrt_target_records_the_precision(tmp_path: Path, device_configs_dir: Path,
+                                                          keypair: Tuple[Path, Path], tiny_onnx: Path) -> None:
+    from edge_runtime.bundle.signing import load_public_key
+    from edge_runtime.bundle.verify import verify_bundle
+
+    out = tmp_path / "bundle"
+    result = _run(["--model", str(tiny_onnx), "--config", str(device_configs_dir / "orin-nano.yaml"),
+                   "--precision", "fp16", "--skip-engine", "--key", str(keypair[0]), "--out", str(out),
+                   "--latency-runs", "3"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = verify_bundle(out, [load_public_key(keypair[1])])
+    assert [(t.name, t.backend, t.precision) for t in manifest.targets] == [("orin-nano", "tensorrt", "fp16")]
+    # FP16 is a TensorRT builder flag: the bundle carries the FP32 ONNX, no INT8 model, no calibration
+    assert {a.kind for a in manifest.artifacts} == {"onnx", "report"}
