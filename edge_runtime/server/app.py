@@ -9,14 +9,14 @@ without internals.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import orjson
 from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
 
 from edge_runtime.config import RuntimeSettings
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, RequestError
 from edge_runtime.server import codec
 from edge_runtime.server.context import ServerContext
 from edge_runtime.server.limits import RequestLimits
@@ -67,8 +67,13 @@ def _runtime_error(exc: EdgeRuntimeError) -> Tuple[Response, int]:
 
 
 def _http_error(exc: HTTPException) -> Response:
+    """Werkzeug's own errors (404 route, 405 method, ...) as JSON, keeping headers such as ``Allow``."""
     status = exc.code or 500
-    return error_response(exc.description or exc.name, status)
+    response = error_response(exc.description or exc.name, status)
+    for key, value in exc.get_headers():
+        if key.lower() != "content-type":
+            response.headers[key] = value
+    return response
 
 
 def _unexpected_error(exc: Exception) -> Response:
@@ -76,8 +81,14 @@ def _unexpected_error(exc: Exception) -> Response:
     return error_response(f"internal error ({type(exc).__name__})", 500)
 
 
-def optional_body(limits: RequestLimits, data: bytes) -> Optional[Any]:
-    """Parse an optional JSON body (empty → None) under the request limits."""
+def object_body(limits: RequestLimits, data: bytes, what: str) -> Dict[str, Any]:
+    """Parse a JSON-object request body under the request limits; an empty body is ``{}``.
+
+    Any other JSON value (``null``, a list, a number) is a bad request naming ``what``.
+    """
     if not data.strip():
-        return None
-    return codec.parse_json_body(data, limits)
+        return {}
+    body = codec.parse_json_body(data, limits)
+    if not isinstance(body, dict):
+        raise RequestError(f"the {what} request body must be a JSON object")
+    return body

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from flask import Blueprint, Response, request
 
 from edge_runtime.errors import RequestError
-from edge_runtime.server.app import context, json_response, optional_body
+from edge_runtime.server.app import context, json_response, object_body
 
 blueprint = Blueprint("repository", __name__)
 
@@ -14,11 +16,12 @@ blueprint = Blueprint("repository", __name__)
 def index() -> Response:
     """Every model in the repository with its state; ``{"ready": true}`` lists only ready ones."""
     ctx = context()
-    body = optional_body(ctx.limits, request.get_data(cache=False)) or {}
-    if not isinstance(body, dict):
-        raise RequestError("the index request body must be a JSON object")
+    body = object_body(ctx.limits, request.get_data(cache=False), "index")
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise RequestError("'ready' must be a boolean")
     entries = ctx.repository.index()
-    if body.get("ready") is True:
+    if ready:
         entries = [e for e in entries if e["state"] == "READY"]
     return json_response(entries)
 
@@ -27,12 +30,8 @@ def index() -> Response:
 def load(name: str) -> Response:
     """(Re)load a model at its highest version; a failure keeps the serving version."""
     ctx = context()
-    body = optional_body(ctx.limits, request.get_data(cache=False)) or {}
-    if not isinstance(body, dict):
-        raise RequestError("the load request body must be a JSON object")
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise RequestError("'parameters' must be a JSON object")
+    body = object_body(ctx.limits, request.get_data(cache=False), "load")
+    parameters = _parameters(body)
     if "config" in parameters or any(key.startswith("file:") for key in parameters):
         raise RequestError("loading with a config override or files is not supported: ship a signed bundle")
     ctx.repository.load(name)
@@ -43,8 +42,15 @@ def load(name: str) -> Response:
 def unload(name: str) -> Response:
     """Stop serving a model after draining its queue."""
     ctx = context()
-    body = optional_body(ctx.limits, request.get_data(cache=False))
-    if body is not None and not isinstance(body, dict):
-        raise RequestError("the unload request body must be a JSON object")
+    body = object_body(ctx.limits, request.get_data(cache=False), "unload")
+    _parameters(body)
     ctx.repository.unload(name)
     return json_response({})
+
+
+def _parameters(body: Dict[str, Any]) -> Dict[str, Any]:
+    """The request's ``parameters`` object ({} when absent); any other type is a bad request."""
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise RequestError("'parameters' must be a JSON object")
+    return parameters

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 from flask import Blueprint, Response, request
 
 from edge_runtime.errors import RequestError
-from edge_runtime.server.app import context, json_response, optional_body
+from edge_runtime.server.app import context, json_response, object_body
 
 blueprint = Blueprint("shm", __name__)
 
@@ -23,8 +23,8 @@ def status(name: Optional[str] = None) -> Response:
 def register(name: str) -> Response:
     """Map the POSIX shared-memory object ``key`` as region ``name``."""
     ctx = context()
-    body = optional_body(ctx.limits, request.get_data(cache=False))
-    if not isinstance(body, dict):
+    body = object_body(ctx.limits, request.get_data(cache=False), "register")
+    if not body:
         raise RequestError("register needs a JSON object: {\"key\": ..., \"offset\": ..., \"byte_size\": ...}")
     key = body.get("key")
     if not isinstance(key, str):

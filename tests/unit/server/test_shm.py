@@ -18,29 +18,6 @@ MakeShm = Callable[..., str]
 
 
 @pytest.fixture()
-def make_shm() -> Iterator[MakeShm]:
-    """Create /dev/shm objects with unique names (returns the key, '/name'); unlinks them after."""
-    paths: List[str] = []
-
-    def make(size: int = 4096, content: bytes = b"") -> str:
-        name = f"edge-runtime-test-{uuid.uuid4().hex}"
-        path = f"/dev/shm/{name}"
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        paths.append(path)
-        try:
-            os.ftruncate(fd, size)
-            os.pwrite(fd, content, 0)
-        finally:
-            os.close(fd)
-        return "/" + name
-
-    yield make
-    for path in paths:
-        if os.path.lexists(path):
-            os.unlink(path)
-
-
-@pytest.fixture()
 def registry() -> Iterator[SystemSharedMemoryRegistry]:
     with SystemSharedMemoryRegistry() as reg:
         yield reg
