@@ -1,17 +1,19 @@
 """The embedded default backend: ONNX Runtime on the CPU, so everything runs on a laptop too.
 
-Hot path: for models whose shapes are fixed except for the batch axis, each batch size gets
-its input and output arrays allocated once and bound through IOBinding (the CPU counterpart of
-pinned CUDA buffers); a request then costs one copy in and one copy out, and ONNX Runtime
-allocates nothing. The copy out is needed because the output arrays are reused by the next
-batch while the previous one is still being serialized. Other models use ``session.run``.
+Hot path: for models whose shapes are fixed except for the batch axis, input and output arrays
+are allocated once at the largest batch size, and each batch size binds its leading rows through
+IOBinding (the CPU counterpart of pinned CUDA buffers); a request then costs one copy in and one
+copy out, and ONNX Runtime allocates no I/O tensors. One set of buffers instead of one per batch
+size kept 16 MB of 600 KB images off a ResNet-18 served at batches 1 to 8. The copy out is
+needed because the output arrays are reused by the next batch while the previous one is still
+being serialized. Other models use ``session.run``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -65,7 +67,7 @@ def _spec(node: Any) -> TensorSpec:
 
 @dataclass
 class _Bound:
-    """Preallocated arrays for one batch size, bound to the session."""
+    """One batch size's binding: views of the first rows of the max-batch buffers."""
 
     binding: Any
     inputs: Dict[str, np.ndarray]
@@ -81,6 +83,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__()
         self._session: Any = None
         self._bound: Dict[int, _Bound] = {}
+        self._buffers: Dict[str, Dict[str, np.ndarray]] = {}  # "inputs"/"outputs" -> name -> max-batch array
         self._static = False
 
     def _load(self, bundle: Optional[VerifiedBundle], device: DeviceConfig, options: BackendOptions) -> None:
@@ -127,18 +130,22 @@ class OnnxRuntimeBackend(Backend):
         return bound
 
     def _bind(self, batch: int) -> _Bound:
+        """Bind the first ``batch`` rows of the max-batch buffers: one set of buffers serves every size."""
+        if not self._buffers:
+            self._buffers = {
+                kind: {s.name: np.empty((self._max_batch_size, *s.shape[1:]), dtype=s.dtype) for s in specs}
+                for kind, specs in (("inputs", self._inputs), ("outputs", self._outputs))
+            }
         binding = self._session.io_binding()
-
-        def allocate(specs: Tuple[TensorSpec, ...]) -> List[Tuple[str, np.ndarray]]:
-            return [(s.name, np.empty((batch, *s.shape[1:]), dtype=s.dtype)) for s in specs]
-
-        inputs, outputs = allocate(self._inputs), allocate(self._outputs)
-        for name, array in inputs:
+        inputs = {name: buffer[:batch] for name, buffer in self._buffers["inputs"].items()}
+        outputs = {name: buffer[:batch] for name, buffer in self._buffers["outputs"].items()}
+        for name, array in inputs.items():
             binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        for name, array in outputs:
+        for name, array in outputs.items():
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        return _Bound(binding, dict(inputs), dict(outputs))
+        return _Bound(binding, inputs, outputs)
 
     def _close(self) -> None:
         self._bound.clear()
+        self._buffers.clear()
         self._session = None

@@ -44,7 +44,19 @@ def test_iobinding_buffers_are_reused_and_results_are_not_aliased(backend: OnnxR
     np.testing.assert_allclose(first, affine(x1), rtol=1e-6)  # not overwritten by the second run
     np.testing.assert_allclose(second, affine(x2), rtol=1e-6)
     backend.infer({"input": x1[:1]})
-    assert sorted(backend._bound) == [1, 2]  # one set of buffers per batch size seen
+    assert sorted(backend._bound) == [1, 2]  # one binding per batch size seen
+
+
+def test_every_batch_size_binds_rows_of_one_max_batch_buffer(backend: OnnxRuntimeBackend) -> None:
+    rng = np.random.default_rng(3)
+    for batch in (4, 1, 3, 2, 4, 1):  # sizes interleaved, so a stale row or a wrong view shows
+        x = rng.random((batch, 4), dtype=np.float32)
+        np.testing.assert_allclose(backend.infer({"input": x})["output"], affine(x), rtol=1e-5, atol=1e-6)
+    (buffer,) = backend._buffers["inputs"].values()
+    assert buffer.shape == (4, 4)  # allocated once, at the largest batch
+    for batch, bound in backend._bound.items():
+        assert bound.inputs["input"].shape == (batch, 4)
+        assert np.shares_memory(bound.inputs["input"], buffer)
 
 
 @pytest.mark.parametrize(
