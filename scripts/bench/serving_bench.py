@@ -6,7 +6,8 @@
    binary/JSON bodies encoded once and POSTed raw, which shows the server's own cost (tritonclient
    encodes JSON with json.dumps of a Python list: 150k floats cost it more than the inference).
 2. Throughput of 8 concurrent clients (batch-1 binary requests) against two servers running
-   side by side, one with dynamic batching and one without, alternating rounds.
+   side by side, one with dynamic batching and one without, alternating rounds; and the ceiling on
+   that gain: ONNX Runtime's per-sample time at batch 1 over batch 8, the model alone.
 3. Process start → ready: `edge-runtime serve` spawned until /v2/health/ready answers 200.
 4. Peak RSS (VmHWM) of the runtime serving the INT8 bundle vs a torch eager process running the
    FP32 model at the same batch sizes (1 and 8), and the floor: the runtime's imports alone.
@@ -182,6 +183,26 @@ def _throughput(url: str, sample: np.ndarray, clients: int, seconds: float) -> T
     return len(done) / (time.monotonic() - begin), done
 
 
+def _batch_speedup(model: Path, runs: int = 15) -> float:
+    """Per-sample time at batch 1 / at batch 8, ONNX Runtime alone: the most batching can gain here."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    per_sample = {}
+    for batch in (1, 8):
+        feed = {name: np.zeros((batch, *INPUT_SHAPE), np.float32)}
+        for _ in range(3):
+            session.run(None, feed)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - started)
+        per_sample[batch] = statistics.median(times) / batch
+    return per_sample[1] / per_sample[8]
+
+
 def _vm_hwm_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM"):
@@ -231,7 +252,8 @@ def main() -> int:
                "torch batches 1 and 8": _hwm_of(TORCH_SERVER, str(args.rounds * args.block), "10"),
                "torch batch 1 only": _hwm_of(TORCH_SERVER, str(args.rounds * args.block), "0"),
                "runtime imports only": _hwm_of(RUNTIME_IMPORTS)}
-        lines = _render(times, throughput, tails, ready_s, rss, args)
+        speedup = _batch_speedup(repo / MODEL / "1" / "onnx" / "x86-cpu.int8.onnx")
+        lines = _render(times, throughput, tails, ready_s, rss, speedup, args)
     text = "\n".join(lines)
     print(text)
     if args.out:
@@ -256,7 +278,7 @@ def _hwm_of(script: str, *argv: str) -> int:
 
 
 def _render(times: Dict[str, List[float]], throughput: Dict[str, List[float]], tails: Dict[str, List[float]],
-            ready_s: float, rss: Dict[str, int], args: argparse.Namespace) -> List[str]:
+            ready_s: float, rss: Dict[str, int], speedup: float, args: argparse.Namespace) -> List[str]:
     base = statistics.median(times["in-process (no HTTP)"])
     binary = statistics.median(times["HTTP binary (tritonclient)"])
     lines = ["## Serving benchmark: ResNet-18 INT8 bundle (x86-cpu), batch 1", "",
@@ -273,6 +295,8 @@ def _render(times: Dict[str, List[float]], throughput: Dict[str, List[float]], t
         lines.append(f"| {name} | {statistics.median(rates):.1f} ({', '.join(f'{r:.0f}' for r in rates)}) "
                      f"| {p50:.2f} | {p99:.2f} |")
     gain = statistics.median(throughput["dynamic batching"]) / statistics.median(throughput["no batching"])
+    lines += ["", f"Batching gain {gain:.3f}; the ceiling on this machine: ONNX Runtime alone runs a sample "
+              f"{speedup:.3f}x faster at batch 8 than at batch 1."]
     b50, b99 = _percentiles(tails["dynamic batching"])
     shm_ratio = statistics.median(times["HTTP + shared memory (tritonclient)"]) / base
     json_ratio = statistics.median(times["HTTP JSON (pre-encoded body)"]) / statistics.median(
