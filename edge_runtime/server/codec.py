@@ -43,7 +43,7 @@ from edge_runtime.server.json_body import (
 )
 from edge_runtime.server.limits import RequestLimits
 from edge_runtime.server.shm import SystemSharedMemoryRegistry
-from edge_runtime.server.tensor_decode import BinarySection, ShmRef, decode_input, input_spec, read_shm_ref
+from edge_runtime.server.tensor_decode import BinarySection, ShmRef, decode_input, input_spec, read_shm_ref, tensor_name
 
 __all__ = [
     "HEADER_LENGTH",
@@ -196,11 +196,7 @@ def _decode_outputs(
     result: List[RequestedOutput] = []
     for index, item in enumerate(items):
         where = f"outputs[{index}]"
-        if not isinstance(item, dict):
-            raise RequestError(f"{where}: expected an object, got {describe(item)}")
-        name = get_field(item, "name", "str", where, required=True)
-        if name not in output_names:
-            raise RequestError(f"{where}: {name!r} is not an output of the model (outputs: {', '.join(output_names)})")
+        name = tensor_name(item, where, "output", output_names)
         if any(output.name == name for output in result):
             raise RequestError(f"{where}: output {name!r} is requested twice")
         result.append(_requested_output(item, name, shm))

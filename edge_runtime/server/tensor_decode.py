@@ -15,7 +15,7 @@ of only booleans for a numeric input is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 import numpy as np
 
@@ -79,15 +79,19 @@ def read_shm_ref(parameters: Dict[str, Any], where: str) -> Optional[ShmRef]:
     return ShmRef(region=region, byte_size=byte_size, offset=offset or 0)
 
 
-def input_spec(item: Any, index: int, specs: Dict[str, TensorSpec]) -> TensorSpec:
-    """The model input that ``inputs[index]`` names."""
-    where = f"inputs[{index}]"
+def tensor_name(item: Any, where: str, kind: str, names: Collection[str]) -> str:
+    """The ``name`` of request item ``where`` (an object), which must be one of the model's ``kind``s."""
     if not isinstance(item, dict):
         raise RequestError(f"{where}: expected an object, got {describe(item)}")
-    name = get_field(item, "name", "str", where, required=True)
-    if name not in specs:
-        raise RequestError(f"{where}: {name!r} is not an input of the model (inputs: {', '.join(specs)})")
-    return specs[name]
+    name: str = get_field(item, "name", "str", where, required=True)
+    if name not in names:
+        raise RequestError(f"{where}: {name!r} is not an {kind} of the model ({kind}s: {', '.join(names)})")
+    return name
+
+
+def input_spec(item: Any, index: int, specs: Dict[str, TensorSpec]) -> TensorSpec:
+    """The model input that ``inputs[index]`` names."""
+    return specs[tensor_name(item, f"inputs[{index}]", "input", specs)]
 
 
 def decode_input(
