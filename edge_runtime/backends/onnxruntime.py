@@ -4,9 +4,9 @@ Hot path: for models whose shapes are fixed except for the batch axis, input and
 are allocated once at the largest batch size, and each batch size binds its leading rows through
 IOBinding (the CPU counterpart of pinned CUDA buffers); a request then costs one copy in and one
 copy out, and ONNX Runtime allocates no I/O tensors. One set of buffers instead of one per batch
-size: for a ResNet-18 served at batches 1 to 8 that is 8 images of input buffers, not 36 (16 MB). The copy out is
-needed because the output arrays are reused by the next batch while the previous one is still
-being serialized. Other models use ``session.run``.
+size: for a ResNet-18 served at batches 1 to 8 that is 8 images of input buffers, not 36 (16 MB).
+The copy out is needed because the output arrays are reused by the next batch while the previous
+one is still being serialized. Other models use ``session.run``.
 """
 
 from __future__ import annotations
