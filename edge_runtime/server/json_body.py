@@ -3,10 +3,11 @@
 Why orjson: an inference request may carry millions of numbers in ``data`` lists; orjson parses
 them several times faster than the standard library, serializes numpy arrays itself (in C) for
 JSON responses, and refuses NaN/Infinity literals, which JSON does not have. Its price is
-transient memory: while parsing, it holds a working buffer of about 13x the body (measured: 42 MB
-for a 3.1 MB body of 150k floats; the standard library needed 8 MB but 5.6x the time). Parsing
-holds the GIL, so one such buffer exists at a time: at the 16 MiB body cap, about 220 MB once.
-Local apps that send large tensors should use the binary extension, which parses only its header.
+transient memory: while parsing, it holds a working buffer of about 14x the body (42 MB for a
+3.1 MB body of 150k floats; the standard library needed 8 MB but 5.6x the time: see
+scripts/bench/json_parse_bench.py). Parsing holds the GIL, so one such buffer exists at a time:
+at the 16 MiB body cap, about 230 MB once. Local apps that send large tensors should use the
+binary extension, which parses only its header.
 
 The depth cap is checked by walking the containers of the parsed document. The scalar elements
 of a list are not visited one by one in Python: ``set(map(type, items))`` runs in C and tells
