@@ -9,28 +9,25 @@ without internals.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
-import orjson
-from flask import Flask, Response, current_app
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from edge_runtime.config import RuntimeSettings
-from edge_runtime.errors import EdgeRuntimeError, RequestError
-from edge_runtime.server import codec
-from edge_runtime.server.context import ServerContext
-from edge_runtime.server.limits import RequestLimits
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.server import routes_health, routes_infer, routes_models, routes_repository, routes_shm
+from edge_runtime.server.context import EXTENSION_KEY, ServerContext
+from edge_runtime.server.metrics import metrics_blueprint
+from edge_runtime.server.responses import error_response
 from edge_runtime.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
-EXTENSION_KEY = "edge_runtime"
+__all__ = ["EXTENSION_KEY", "create_app"]
 
 
 def create_app(settings: RuntimeSettings, repository: ModelRepository) -> Flask:
     """Build the app serving ``repository`` under ``settings`` (limits, batching, timeouts)."""
-    from edge_runtime.server import routes_health, routes_infer, routes_models, routes_repository, routes_shm
-    from edge_runtime.server.metrics import metrics_blueprint
-
     app = Flask("edge_runtime")
     limits = settings.limits
     app.config["MAX_CONTENT_LENGTH"] = limits.max_request_bytes
@@ -42,22 +39,6 @@ def create_app(settings: RuntimeSettings, repository: ModelRepository) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
-
-
-def context() -> ServerContext:
-    """The ServerContext of the app handling the current request."""
-    ctx: ServerContext = current_app.extensions[EXTENSION_KEY]
-    return ctx
-
-
-def json_response(payload: Any, status: int = 200) -> Response:
-    """A JSON response (orjson: fast, and it serializes numpy values)."""
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status=status,
-                    mimetype="application/json")
-
-
-def error_response(message: str, status: int) -> Response:
-    return json_response({"error": message}, status)
 
 
 def _runtime_error(exc: EdgeRuntimeError) -> Tuple[Response, int]:
@@ -79,16 +60,3 @@ def _http_error(exc: HTTPException) -> Response:
 def _unexpected_error(exc: Exception) -> Response:
     log.exception("unexpected error while handling a request")
     return error_response(f"internal error ({type(exc).__name__})", 500)
-
-
-def object_body(limits: RequestLimits, data: bytes, what: str) -> Dict[str, Any]:
-    """Parse a JSON-object request body under the request limits; an empty body is ``{}``.
-
-    Any other JSON value (``null``, a list, a number) is a bad request naming ``what``.
-    """
-    if not data.strip():
-        return {}
-    body = codec.parse_json_body(data, limits)
-    if not isinstance(body, dict):
-        raise RequestError(f"the {what} request body must be a JSON object")
-    return body

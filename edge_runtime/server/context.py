@@ -6,10 +6,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from flask import current_app
+
 from edge_runtime.config import RuntimeSettings
 from edge_runtime.server.limits import RequestLimits
 from edge_runtime.server.shm import SystemSharedMemoryRegistry
 from edge_runtime.serving.repository import ModelRepository
+
+EXTENSION_KEY = "edge_runtime"  # where create_app() keeps the ServerContext in app.extensions
 
 
 @dataclass
@@ -27,3 +31,9 @@ class ServerContext:
     def ready(self) -> bool:
         """Serving: not draining, and every loaded model is ready."""
         return not self.draining.is_set() and all(m.ready for m in self.repository.loaded())
+
+
+def context() -> ServerContext:
+    """The ServerContext of the app handling the current request."""
+    ctx: ServerContext = current_app.extensions[EXTENSION_KEY]
+    return ctx

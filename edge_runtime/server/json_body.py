@@ -108,3 +108,16 @@ def get_count(obj: Dict[str, Any], key: str, where: str) -> Optional[int]:
     if value is not None and value < 0:
         raise RequestError(f"{where}: {key}: expected an integer >= 0, got {value}")
     return value
+
+
+def object_body(limits: RequestLimits, data: bytes, what: str) -> Dict[str, Any]:
+    """Parse a JSON-object request body under the request limits; an empty body is ``{}``.
+
+    Any other JSON value (``null``, a list, a number) is a bad request naming ``what``.
+    """
+    if not data.strip():
+        return {}
+    body = parse_json_body(data, limits)
+    if not isinstance(body, dict):
+        raise RequestError(f"the {what} request body must be a JSON object")
+    return body

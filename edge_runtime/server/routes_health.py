@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from edge_runtime import __version__
-from edge_runtime.server.app import context, error_response, json_response
+from edge_runtime.server.context import context
+from edge_runtime.server.responses import error_response, json_response
 
 blueprint = Blueprint("health", __name__)
 
@@ -29,4 +30,4 @@ def ready() -> Response:
 @blueprint.get("/v2")
 def server_metadata() -> Response:
     """KServe v2 server metadata."""
-    return json_response({"name": "edge-runtime", "version": __version__, "extensions": EXTENSIONS})
+    return json_response({"name": context().settings.server_name, "version": __version__, "extensions": EXTENSIONS})

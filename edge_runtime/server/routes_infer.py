@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request
 
 from edge_runtime.errors import UnsupportedMediaTypeError
 from edge_runtime.server import codec
-from edge_runtime.server.app import context
+from edge_runtime.server.context import context
 
 blueprint = Blueprint("infer", __name__)
 

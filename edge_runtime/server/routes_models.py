@@ -7,8 +7,9 @@ from typing import Any, Dict, Optional
 from flask import Blueprint, Response
 
 from edge_runtime.bundle.manifest import TensorSpec
-from edge_runtime.server.app import context, json_response
+from edge_runtime.server.context import context
 from edge_runtime.server.datatypes import numpy_to_kserve
+from edge_runtime.server.responses import json_response
 from edge_runtime.serving.model import ServedModel
 
 blueprint = Blueprint("models", __name__)

@@ -7,7 +7,9 @@ from typing import Any, Dict
 from flask import Blueprint, Response, request
 
 from edge_runtime.errors import RequestError
-from edge_runtime.server.app import context, json_response, object_body
+from edge_runtime.server.context import context
+from edge_runtime.server.json_body import object_body
+from edge_runtime.server.responses import json_response
 
 blueprint = Blueprint("repository", __name__)
 

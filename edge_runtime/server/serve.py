@@ -58,7 +58,7 @@ def serve(settings: RuntimeSettings, repository_dir: Optional[Path], host: str, 
     # a 600 KB image tensor then costs a disk round trip. Within the body cap, keep them in memory.
     # It also reads 8 KiB per recv(), one event-loop turn each: 256 KiB per read took 0.7 ms off a
     # 600 KB request + response here (docs/benchmarks.md).
-    server = waitress.create_server(app, map=socket_map, host=host, port=port, threads=settings.http_threads,
+    server = waitress.create_server(app, map=socket_map, host=host, port=port, threads=settings.http.threads,
                                     max_request_body_size=body_cap + 1, inbuf_overflow=body_cap + 1,
                                     outbuf_overflow=body_cap + 1, recv_bytes=RECV_BYTES)
     stopping = threading.Event()

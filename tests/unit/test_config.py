@@ -323,21 +323,27 @@ def test_example_runtime_settings_load_with_defaults() -> None:
     from edge_runtime.config import RuntimeSettings, load_runtime_settings
 
     settings = load_runtime_settings(DEVICE_CONFIGS / "runtime" / "example.yaml")
-    defaults = RuntimeSettings(device_config="../x86-cpu.yaml", trusted_keys=("/etc/edge-runtime/keys/signing.pub",))
-    assert settings.batching == defaults.batching and settings.limits == defaults.limits
+    defaults = RuntimeSettings(device_config="../x86-cpu.yaml", trusted_keys=("../../keys/signing.pub",))
+    assert dataclasses.replace(settings, source="") == defaults  # the file shows every default
     assert settings.resolve(settings.device_config) == (DEVICE_CONFIGS / "x86-cpu.yaml").resolve()
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ("port: 70000\n", "port: expected 1..65535"),
+        ("port: 70000\n", "port: expected 0..65535"),
+        ("http: {threads: 4, max_in_flight: 4}\n", "http.max_in_flight: expected fewer than http.threads"),
+        ("limits: {max_request_bytes: 10, max_json_bytes: 20}\n", "limits.max_json_bytes"),
+        ("shared_memory: {key_prefixes: [app-]}\n", "shared_memory.key_prefixes[0]"),
+        ("restricted_api: [{groups: [repo], header: k, value_env: K}]\n", "restricted_api[0].groups[0]"),
+        ("restricted_api: [{groups: [statistics], header: k}]\n", "exactly one of value_file, value_env"),
         ("batching: {max_batch_size: 4, preferred_batch_sizes: [8]}\n", "preferred_batch_sizes[0]"),
         ("batching: {max_queue_size: 0}\n", "batching.max_queue_size"),
         ("limits: {max_json_depth: '64'}\n", "limits.max_json_depth: expected int"),
         ("turbo: true\n", "unknown key 'turbo'"),
     ],
-    ids=["port", "preferred-over-max", "queue-size", "depth-type", "unknown-key"],
+    ids=["port", "in-flight-threads", "json-cap", "shm-prefix", "restricted-group", "restricted-secret",
+         "preferred-over-max", "queue-size", "depth-type", "unknown-key"],
 )
 def test_bad_runtime_settings(tmp_path: Path, extra: str, message: str) -> None:
     from edge_runtime.config import load_runtime_settings
