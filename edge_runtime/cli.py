@@ -74,15 +74,16 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="runtime settings YAML")
     parser.add_argument("--host", help="address to bind (default from the settings: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default from the settings: 8000; 0 picks a free one)")
-    parser.add_argument("--fake", action="append", default=[], metavar="NAME",
-                        help="also serve a fake model NAME (no bundle; for trying the API)")
+    parser.add_argument("--fake", action="append", default=[], metavar="NAME[:delay_ms=N]",
+                        help="also serve a fake model NAME (no bundle; for trying the API); options after ':' "
+                             "(comma-separated): delay_ms, scale, offset, fail")
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
     import logging
 
+    from edge_runtime import daemon
     from edge_runtime.config import load_runtime_settings
-    from edge_runtime.server.serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_runtime_settings(args.config)
@@ -90,7 +91,7 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("nothing to serve: give --repository DIR and/or --fake NAME")
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    return serve(settings, args.repository, host, port, args.fake)
+    return daemon.run(settings, args.repository, host, port, args.fake)
 
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,14 +101,15 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
 def _info(args: argparse.Namespace, out: TextIO) -> int:
     import json
 
-    from edge_runtime.host_info import host_fingerprint
+    from edge_runtime.host_info import host_facts
 
-    facts = host_fingerprint()
+    facts = host_facts()
     if args.json:
         print(json.dumps(facts, indent=2), file=out)
     else:
+        width = max(len(key) for key in facts) + 2
         for key, value in facts.items():
-            print(f"{key + ':':13} {value if value is not None else '-'}", file=out)
+            print(f"{key + ':':{width}}{value if value is not None else '-'}", file=out)
     return 0
 
 
@@ -159,6 +161,46 @@ def _describe_target(target: TargetInfo) -> str:
     return ", ".join(parts)
 
 
+# --- activate -------------------------------------------------------------------------------
+
+
+def _activate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", required=True, type=Path, metavar="DIR",
+                        help="model repository: DIR/<model>/<version>/ bundles")
+    parser.add_argument("--key", dest="keys", action="append", default=[], type=Path, metavar="PUB",
+                        help="verify the version's bundle with this trusted public key first (repeatable)")
+    parser.add_argument("model", metavar="MODEL", help="model name (a directory of the repository)")
+    parser.add_argument("version", metavar="VERSION", help="version to serve (a directory of the model)")
+
+
+def _activate(args: argparse.Namespace, out: TextIO) -> int:
+    from edge_runtime.serving.active_version import (
+        PointerError,
+        is_version_name,
+        next_pointer,
+        read_pointer,
+        write_pointer,
+    )
+
+    model_dir = args.repository / args.model
+    if not is_version_name(args.version):
+        raise ConfigError(f"version {args.version!r}: expected a version number (ASCII digits)")
+    if not (model_dir / args.version).is_dir():
+        raise ConfigError(f"{model_dir / args.version}: no such version directory")
+    if args.keys:
+        verify_bundle(model_dir / args.version, [load_public_key(path) for path in args.keys])
+    try:
+        current = read_pointer(model_dir)
+    except PointerError as exc:
+        print(f"replacing an invalid pointer ({exc})", file=out)
+        current = None
+    pointer = next_pointer(current, args.version)
+    write_pointer(model_dir, pointer)
+    print(f"{args.model}: version {pointer.active} is active (last good: {pointer.last_good or '-'}); "
+          "a running server serves it after its next load of the model or a restart", file=out)
+    return 0
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.splitlines())
 
@@ -174,6 +216,7 @@ _COMMANDS: Dict[str, _Command] = {
     "check": _Command(_check_arguments, _check, "verify a bundle's signature and files"),
     "serve": _Command(_serve_arguments, _serve, "serve a model repository over the KServe v2 HTTP API"),
     "info": _Command(_info_arguments, _info, "print the host fingerprint (platform, Jetson model, L4T, CUDA, ...)"),
+    "activate": _Command(_activate_arguments, _activate, "make a model version the active one (the version served)"),
 }
 
 

@@ -1,9 +1,9 @@
 """The one error tree of the project.
 
-Every error raised on purpose by ``edge_runtime`` or ``export`` derives from
-:class:`EdgeRuntimeError` and carries the HTTP status a server answers with when
-it escapes a request handler (``http_status``). Command-line tools print
-``str(error)`` as one line and exit non-zero; servers answer ``{"error": str(error)}``.
+Every error raised on purpose by ``edge_runtime`` derives from :class:`EdgeRuntimeError` and
+carries the HTTP status a server answers with when it escapes a request handler
+(``http_status``). Command-line tools print ``str(error)`` as one line and exit non-zero;
+servers answer ``{"error": str(error)}``.
 
 Boundaries re-raise foreign exceptions as one of these with ``raise ... from exc``
 so that the cause is kept for logs but never shown to a client as a traceback.
@@ -21,17 +21,18 @@ so that the cause is kept for logs but never shown to a client as a traceback.
     ├── RequestError (400)                a client's request is malformed or does not fit the model
     │   ├── RequestTooLargeError (413)    body over the configured cap
     │   ├── UnsupportedMediaTypeError (415)
-    │   └── SharedMemoryError (400)       unknown region, out-of-range offset, bad key
+    │   ├── SharedMemoryError (400)       unknown region, out-of-range offset, bad key, policy, caps
+    │   │   └── SharedMemoryNotFoundError (404)  status of an unknown CUDA region (as Triton)
+    │   └── UnrepresentableOutputError (422)  a JSON output holding an infinity: ask for binary
     ├── ModelNotFoundError (404)          unknown model or version
     ├── ModelNotReadyError (503)          known but not (yet / any more) serving
     ├── QueueFullError (503)              the model's bounded queue is full: retry later
     ├── RequestTimeoutError (504)         the request waited longer than its deadline
-    ├── StepUnavailableError (501)        a pipeline step that this build does not provide
-    └── ExportError (400)                 the export pipeline cannot go on
-        ├── ModelSourceError (400)        model name / import path / weights / ONNX file
-        ├── CalibrationDataError (400)    calibration data missing, wrong shape or dtype
-        ├── PruningError (400)            pruning asked for something impossible
-        └── OutputError (400)             the output location cannot be written
+    └── OutputError (400)                 a file or directory cannot be written (atomic_io)
+
+The workstation's packages subclass the same base in their own ``errors.py`` (as MLServer's
+subpackages do), and ``edge_runtime`` never imports them: ``export/errors.py`` holds
+ExportError and its children (the central server's ``fleet_server/errors.py`` will do the same).
 """
 
 from __future__ import annotations
@@ -119,6 +120,24 @@ class SharedMemoryError(RequestError):
     """A shared-memory region is unknown, unreadable, or too small for the tensor."""
 
 
+class SharedMemoryNotFoundError(SharedMemoryError):
+    """A named shared-memory region is not registered, where Triton answers 404 (CUDA status)."""
+
+    http_status = 404
+
+
+class UnrepresentableOutputError(RequestError):
+    """An output the client asked for as JSON holds a value JSON cannot carry (an infinity).
+
+    A client error (422), not a server one: the model answered, and the client gets it by asking
+    for the output in binary (``binary_data: true``) or shared memory. Sending ``null`` instead
+    (what orjson writes) would silently turn an infinity into the NaN that clients read back;
+    NaN itself travels as ``null`` faithfully.
+    """
+
+    http_status = 422
+
+
 class ModelNotFoundError(EdgeRuntimeError):
     """No such model, or no such version of it."""
 
@@ -143,29 +162,7 @@ class RequestTimeoutError(EdgeRuntimeError):
     http_status = 504
 
 
-class StepUnavailableError(EdgeRuntimeError):
-    """A pipeline step exists as a slot but is not provided by this build."""
-
-    http_status = 501
-
-
-class ExportError(EdgeRuntimeError):
-    """The export pipeline cannot continue."""
+class OutputError(EdgeRuntimeError):
+    """A file or directory cannot be written (the device's state, a bundle, an export's output)."""
 
     http_status = 400
-
-
-class ModelSourceError(ExportError):
-    """The model to export cannot be found, imported or loaded."""
-
-
-class CalibrationDataError(ExportError):
-    """Calibration data is missing or does not fit the model's input."""
-
-
-class PruningError(ExportError):
-    """A pruning request cannot be carried out."""
-
-
-class OutputError(ExportError):
-    """The output location cannot be written."""

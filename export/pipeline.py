@@ -23,7 +23,7 @@ from edge_runtime.bundle.manifest import Manifest, TargetInfo, TensorSpec
 from edge_runtime.bundle.signing import load_private_key
 from edge_runtime.bundle.writer import ArtifactSpec, finalize_bundle
 from edge_runtime.config import DeviceConfig
-from edge_runtime.errors import CalibrationDataError, ExportError, OutputError, PruningError
+from export.errors import CalibrationDataError, ExportError, OutputError, PruningError
 from export.models.sources import ModelSource, resolve_model
 from export.report import EvalSet, Variant, build_report, render_report
 from export.steps import calibrate, onnx_export, quantize, trt_build

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from edge_runtime.backends.base import Backend, BackendOptions, batch_limit
+from edge_runtime.backends.onnx_external_data import external_initializers
 from edge_runtime.bundle.manifest import Artifact, Manifest, TensorSpec
 from edge_runtime.bundle.verify import VerifiedBundle
 from edge_runtime.config import DeviceConfig
@@ -51,10 +52,20 @@ def select_onnx_artifact(manifest: Manifest, device: DeviceConfig) -> Artifact:
     portable = [a for a in manifest.artifacts_of("onnx") if a.target is None]
     if not portable:
         raise BundleError(f"bundle '{manifest.name}' has no ONNX model for '{device.name}' and no portable model")
-    known = ", ".join(t.name for t in manifest.targets) or "none"
-    log.warning("bundle '%s' has no onnxruntime target '%s' (targets: %s); serving the portable %s",
-                manifest.name, device.name, known, portable[0].path)
+    log.warning("bundle '%s': %s; serving the portable %s", manifest.name, _why_portable(manifest, device.name),
+                portable[0].path)
     return portable[0]
+
+
+def _why_portable(manifest: Manifest, device_name: str) -> str:
+    """Why a device's own model is not used: no such target, another backend, or no ONNX file of its own."""
+    target = next((t for t in manifest.targets if t.name == device_name), None)
+    if target is None:
+        known = ", ".join(t.name for t in manifest.targets) or "none"
+        return f"no target '{device_name}' (targets: {known})"
+    if target.backend != "onnxruntime":
+        return f"target '{device_name}' is built for {target.backend}, not onnxruntime"
+    return f"target '{device_name}' has no ONNX model of its own"
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -85,6 +96,7 @@ class OnnxRuntimeBackend(Backend):
         self._bound: Dict[int, _Bound] = {}
         self._buffers: Dict[str, Dict[str, np.ndarray]] = {}  # "inputs"/"outputs" -> name -> max-batch array
         self._static = False
+        self._external: List[Any] = []
 
     def _load(self, bundle: Optional[VerifiedBundle], device: DeviceConfig, options: BackendOptions) -> None:
         if bundle is None:
@@ -96,10 +108,13 @@ class OnnxRuntimeBackend(Backend):
         if options.intra_op_threads:
             session_options.intra_op_num_threads = options.intra_op_threads
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+        model_bytes = bundle.read_verified(artifact)  # ORT gets the hashed bytes, never the path
+        names, values = external_initializers(model_bytes, bundle)  # listed files only, verified bytes
+        if names:
+            self._external = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]  # kept for the session's life
+            session_options.add_external_initializers(names, self._external)
         try:
-            self._session = ort.InferenceSession(
-                str(bundle.path_of(artifact)), session_options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(model_bytes, session_options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
             raise BundleError(f"ONNX Runtime cannot load {artifact.path}: {exc}") from exc
         self._inputs = tuple(_spec(node) for node in self._session.get_inputs())
@@ -149,3 +164,4 @@ class OnnxRuntimeBackend(Backend):
         self._bound.clear()
         self._buffers.clear()
         self._session = None
+        self._external = []

@@ -3,11 +3,20 @@
 A bundle is a directory holding ``manifest.json`` (what it contains, with the sha256 of every
 file), ``manifest.sig`` (an ed25519 signature over the manifest's exact bytes) and the listed
 artifacts (ONNX model, TensorRT engines, calibration caches, report). See DESIGN rule 6: a bundle
-is verified with :func:`verify_bundle` before anything inside it is parsed.
+is verified with :func:`verify_bundle` before anything inside it is parsed. Each target's engine
+carries a :class:`EngineFingerprint`, checked against the host's with :func:`match` before it loads.
 """
 
 from __future__ import annotations
 
+from edge_runtime.bundle.fingerprint import (
+    BuildFingerprint,
+    EngineFingerprint,
+    HostFingerprint,
+    check_match,
+    device_family,
+    match,
+)
 from edge_runtime.bundle.manifest import (
     ARTIFACT_KINDS,
     DTYPES,
@@ -43,15 +52,21 @@ __all__ = [
     "SIGNATURE_NAME",
     "Artifact",
     "ArtifactSpec",
+    "BuildFingerprint",
+    "EngineFingerprint",
+    "HostFingerprint",
     "Manifest",
     "TargetInfo",
     "TensorSpec",
     "VerifiedBundle",
+    "check_match",
+    "device_family",
     "finalize_bundle",
     "generate_keypair",
     "key_id",
     "load_private_key",
     "load_public_key",
+    "match",
     "open_bundle",
     "sha256_file",
     "sign_manifest",

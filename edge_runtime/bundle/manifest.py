@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from edge_runtime.bundle.fingerprint import BuildFingerprint, EngineFingerprint, HostFingerprint
 from edge_runtime.config import BACKENDS, PRECISIONS
 from edge_runtime.errors import ManifestError
 
@@ -81,7 +82,11 @@ class Artifact:
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """A device an engine in the bundle was built for (its fingerprint, DESIGN rule 4)."""
+    """A device the bundle was built for; its engine's fingerprint (DESIGN rule 4) is :attr:`fingerprint`.
+
+    The JSON keys stay flat (format 1 bundles on disk keep reading); the matching rules live in
+    :mod:`edge_runtime.bundle.fingerprint`.
+    """
 
     name: str
     device_class: str
@@ -103,6 +108,19 @@ class TargetInfo:
                 _check_str(key, getattr(self, key))
         if self.dla_core is not None and (not _is_int(self.dla_core) or self.dla_core < 0):
             raise ManifestError(f"dla_core: expected an int >= 0 or null, got {self.dla_core!r}")
+
+    @property
+    def fingerprint(self) -> EngineFingerprint:
+        """The host this target's engine needs and how it was built; compare with :func:`.fingerprint.match`."""
+        host = HostFingerprint(
+            tensorrt_version=self.tensorrt_version,
+            compute_capability=self.compute_capability,
+            l4t=self.l4t,
+            jetpack=self.jetpack,
+            device_model=self.device_class,
+        )
+        # A TargetInfo exists only inside a parsed or validated manifest, of the one format this reads.
+        return EngineFingerprint(host, BuildFingerprint(self.precision, FORMAT_VERSION, self.dla_core))
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,18 @@ and a trusted key *before* the JSON is parsed, so a parser bug can only be reach
 holding a signing key. Then every listed file must be a regular file inside the bundle (no
 symbolic links) whose size and sha256 match, and no other file may be present: a bundle holds
 exactly what its signer listed.
+
+No open may block: a FIFO named ``manifest.sig`` or ``model.onnx`` would hang a plain ``open``
+until a writer came (and with it ``edge-runtime check``, startup, or a reload holding the load
+lock). Every file is ``lstat``-ed and refused unless regular, then opened with ``O_NONBLOCK`` and
+``O_NOFOLLOW`` and checked again with ``fstat`` (the entry may be swapped in between).
+Backends load what was hashed: :meth:`VerifiedBundle.read_verified` reads a file into memory
+while hashing it, so a file replaced after verification is refused, not served.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -29,6 +37,7 @@ CHUNK_SIZE = 1 << 20  # hash in 1 MiB pieces: engines are hundreds of MB on a bo
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_SIGNATURE_BYTES = 64 << 10
 _REGULAR_ONLY = "a bundle holds regular files only"
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -76,45 +85,90 @@ def _read_small(root: Path, name: str, limit: int, error: Type[BundleError]) -> 
     """Read manifest.json or manifest.sig: a regular file (not a link), at most ``limit`` bytes."""
     path = root / name
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_regular(path)
     except FileNotFoundError:
         what = "the bundle is not signed" if name == SIGNATURE_NAME else "not a bundle"
         raise error(f"no {name} ({what})") from None
+    except NotARegularFile as exc:
+        raise error(f"{name}: {exc}") from None
     except OSError as exc:
         raise error(f"{name}: cannot read ({_describe_open_error(path, exc)})") from exc
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise error(f"{name}: not a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise error(f"{name}: larger than {limit} bytes; refusing to read it")
     return data
 
 
-def _check_artifact(root: Path, artifact: Artifact) -> None:
+class NotARegularFile(OSError):
+    """The path is a FIFO, socket, device or directory: never opened (or opened, never read)."""
+
+
+def open_regular(path: PathLike) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file (not a link); never blocks."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fspath(path))
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(f"not a regular file ({_file_type(mode)})")
+    fd = os.open(path, _OPEN_FLAGS)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # swapped between lstat and open
+        os.close(fd)
+        raise NotARegularFile(f"not a regular file ({_file_type(mode)})")
+    return fd
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _open_artifact(root: Path, artifact: Artifact) -> BinaryIO:
+    """The listed file, opened after every check that needs no read: path, type, size."""
     name = artifact.path
     _check_no_symlink_on_the_way(root, name)
     try:
-        fd = os.open(root / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_regular(root / name)
     except FileNotFoundError:
         raise IntegrityError(f"{name}: listed in the manifest but missing") from None
+    except NotARegularFile as exc:
+        raise IntegrityError(f"{name}: {exc}; {_REGULAR_ONLY}") from None
     except OSError as exc:
         reason = _describe_open_error(root / name, exc)
         raise IntegrityError(f"{name}: cannot read ({reason})") from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise IntegrityError(f"{name}: not a regular file")
-        if info.st_size != artifact.size:
-            raise IntegrityError(
-                f"{name}: size is {info.st_size} bytes, the manifest says {artifact.size}"
-            )
-        actual = _sha256_stream(handle)
+    handle = os.fdopen(fd, "rb")
+    size = os.fstat(fd).st_size
+    if size != artifact.size:
+        handle.close()
+        raise IntegrityError(f"{name}: size is {size} bytes, the manifest says {artifact.size}")
+    return handle
+
+
+def _check_digest(artifact: Artifact, actual: str) -> None:
     if actual != artifact.sha256:
         raise IntegrityError(
-            f"{name}: sha256 mismatch (file {actual}, manifest {artifact.sha256}): "
+            f"{artifact.path}: sha256 mismatch (file {actual}, manifest {artifact.sha256}): "
             "the file was altered or corrupted"
         )
+
+
+def _check_artifact(root: Path, artifact: Artifact) -> None:
+    with _open_artifact(root, artifact) as handle:
+        actual = _sha256_stream(handle)
+    _check_digest(artifact, actual)
+
+
+def read_artifact(root: Path, artifact: Artifact) -> bytes:
+    """The bytes of ``artifact``, read into memory while hashing them; IntegrityError unless they match."""
+    with _open_artifact(root, artifact) as handle:
+        data = handle.read(artifact.size + 1)  # one buffer: what is hashed is what is returned
+    _check_digest(artifact, hashlib.sha256(data).hexdigest())
+    return data
 
 
 def _check_no_symlink_on_the_way(root: Path, relative: str) -> None:
@@ -174,16 +228,25 @@ class VerifiedBundle:
     """A bundle directory whose signature and files were checked, and its manifest.
 
     Backends take this type rather than a bare path, so that loading an unverified bundle is
-    a type error. The files are trusted as of verification: the bundle store is the runtime's
-    own directory (DESIGN rule 5), nobody else writes there.
+    a type error. A backend loads an artifact through :meth:`read_verified`, never by path: the
+    bytes it gets are the bytes that were hashed, whatever happened to the file since.
     """
 
     path: Path
     manifest: Manifest
 
     def path_of(self, artifact: Artifact) -> Path:
-        """Where ``artifact`` lies on disk."""
+        """Where ``artifact`` lies on disk (for messages and logs; load with :meth:`read_verified`)."""
         return self.path / artifact.path
+
+    def read_verified(self, artifact: Artifact) -> bytes:
+        """The artifact's bytes, hashed while read: IntegrityError if they are not what the manifest lists."""
+        if artifact not in self.manifest.artifacts:
+            raise IntegrityError(f"{artifact.path}: not an artifact of bundle '{self.manifest.name}'")
+        try:
+            return read_artifact(self.path, artifact)
+        except BundleError as exc:
+            raise type(exc)(f"{self.path}: {exc}") from exc
 
 
 def open_bundle(bundle_dir: PathLike, trusted_keys: Sequence[Ed25519PublicKey]) -> VerifiedBundle:

@@ -1,8 +1,9 @@
 """Device configs: YAML files under ``device_configs/`` → validated, frozen dataclasses.
 
-A device config says what a target can run (backend, precisions, TensorRT/JetPack versions,
-compute capability, DLA cores), which batch profile engines are built for, how INT8 models are
-quantized for it, and how much memory the runtime may use there. Validation rules: see
+A device config says what a target can run (backend, precisions, and its host fingerprint:
+TensorRT/JetPack versions, compute capability, DLA cores, see :attr:`DeviceConfig.fingerprint`),
+which batch profile engines are built for, how INT8 models are quantized for it, and how much
+memory the runtime may use there. Validation rules: see
 :mod:`edge_runtime.config.schema`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple, Union
 
 from edge_runtime.config.schema import (
     NOT_A_KEY,
@@ -22,6 +23,9 @@ from edge_runtime.config.schema import (
     require_mapping,
 )
 from edge_runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_runtime.bundle.fingerprint import HostFingerprint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -75,6 +79,21 @@ class DeviceConfig:
     def uses_tensorrt(self) -> bool:
         """True when engines for this device are built and run with TensorRT."""
         return self.backend == "tensorrt"
+
+    @property
+    def fingerprint(self) -> HostFingerprint:
+        """The host this config describes, comparable with an engine's and the running host's."""
+        # Imported here: edge_runtime.bundle imports edge_runtime.config, which is loading this module.
+        from edge_runtime.bundle.fingerprint import HostFingerprint
+
+        return HostFingerprint(
+            tensorrt_version=self.tensorrt_version,
+            compute_capability=self.compute_capability,
+            l4t=self.l4t,
+            jetpack=self.jetpack,
+            device_model=self.device_class,
+            dla_cores=self.dla_cores,
+        )
 
 
 def load_device_config(path: Union[str, os.PathLike]) -> DeviceConfig:

@@ -22,9 +22,11 @@ class LimitSettings:
     """Caps on what one request may ask of the server."""
 
     max_request_bytes: int = 16 * 1024 * 1024  # any body (binary tensor extension included)
-    # A body with no binary section is parsed as JSON while holding the GIL (every other thread
-    # waits): its own, lower cap. 4 MiB holds a 224x224x3 image sent as JSON by tritonclient.
-    max_json_bytes: int = 4 * 1024 * 1024
+    # A body with no binary section is parsed as JSON while holding the GIL: every other thread,
+    # health checks included, waits for the parse and the conversion to an array (one C call each).
+    # Measured here (scripts/bench/abuse_bench.py): a hostile 4 MiB body stalled them 90 ms; 1 MiB
+    # bounds that near 25 ms. Larger tensors go binary (README); a 224x224x3 FP32 image as JSON is ~3 MB.
+    max_json_bytes: int = 1024 * 1024
     max_json_depth: int = 64
     max_tensor_elements: int = 64 * 1024 * 1024
     max_dims: int = 8

@@ -9,7 +9,7 @@ without internals.
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
@@ -17,17 +17,24 @@ from werkzeug.exceptions import HTTPException
 from edge_runtime.config import RuntimeSettings
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.server import routes_health, routes_infer, routes_models, routes_repository, routes_shm
+from edge_runtime.server.admission import AdmissionMiddleware
 from edge_runtime.server.context import EXTENSION_KEY, ServerContext
 from edge_runtime.server.metrics import metrics_blueprint
 from edge_runtime.server.responses import error_response
+from edge_runtime.server.restricted import RestrictedApiMiddleware, Restriction, load_restrictions
 from edge_runtime.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 __all__ = ["EXTENSION_KEY", "create_app"]
 
 
-def create_app(settings: RuntimeSettings, repository: ModelRepository) -> Flask:
-    """Build the app serving ``repository`` under ``settings`` (limits, batching, timeouts)."""
+def create_app(settings: RuntimeSettings, repository: ModelRepository,
+               restrictions: Optional[Sequence[Restriction]] = None) -> Flask:
+    """Build the app serving ``repository`` under ``settings`` (limits, batching, timeouts, admission).
+
+    ``restrictions``: the restricted API groups with their secrets, as :func:`load_restrictions`
+    reads them from ``settings`` (which it does here when they are not given).
+    """
     app = Flask("edge_runtime")
     limits = settings.limits
     app.config["MAX_CONTENT_LENGTH"] = limits.max_request_bytes
@@ -38,6 +45,11 @@ def create_app(settings: RuntimeSettings, repository: ModelRepository) -> Flask:
     app.register_error_handler(EdgeRuntimeError, _runtime_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+    # Outermost first: a request to a restricted group without its header never takes a slot.
+    app.wsgi_app = AdmissionMiddleware(app.wsgi_app, settings.http)  # type: ignore[method-assign]
+    rules = load_restrictions(settings) if restrictions is None else restrictions
+    if rules:
+        app.wsgi_app = RestrictedApiMiddleware(app.wsgi_app, rules)  # type: ignore[method-assign]
     return app
 
 

@@ -24,25 +24,26 @@ nothing. The exceptions are keys whose silent omission would change the answer: 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import orjson
 
 from edge_runtime.bundle.manifest import TensorSpec
-from edge_runtime.errors import InferenceError, RequestError, SharedMemoryError
+from edge_runtime.errors import InferenceError, RequestError, SharedMemoryError, UnrepresentableOutputError
 from edge_runtime.server.datatypes import numpy_to_kserve
 from edge_runtime.server.json_body import (
     check_body_size,
     check_json_depth,
+    check_json_size,
     describe,
     get_field,
     load_json,
     parse_json_body,
 )
 from edge_runtime.server.limits import RequestLimits
-from edge_runtime.server.shm import SystemSharedMemoryRegistry
+from edge_runtime.server.shm import Region, SystemSharedMemoryRegistry
 from edge_runtime.server.tensor_decode import BinarySection, ShmRef, decode_input, input_spec, read_shm_ref, tensor_name
 
 __all__ = [
@@ -61,11 +62,17 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 
 @dataclass(frozen=True)
 class RequestedOutput:
-    """An output the client asked for; ``binary`` None means the request's default."""
+    """An output the client asked for; ``binary`` None means the request's default.
+
+    ``target`` is the region ``shm`` named when the request was decoded, held until the response
+    is written (``InferRequest.release``): the output goes to that object even if the name is
+    unregistered, or registered again for another object, in between.
+    """
 
     name: str
     binary: Optional[bool] = None
     shm: Optional[ShmRef] = None
+    target: Optional[Region] = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -77,6 +84,10 @@ class InferRequest:
     outputs: List[RequestedOutput]
     binary_output_default: bool
     parameters: Dict[str, Any]
+
+    def release(self) -> None:
+        """Let go of the shared-memory regions the outputs hold (after the response is written)."""
+        _release_targets(self.outputs)
 
 
 def decode_infer_request(
@@ -91,16 +102,19 @@ def decode_infer_request(
     check_body_size(len(body), limits)
     view = memoryview(body)
     json_size = _header_size(header_length, len(body))
+    check_json_size(json_size, limits, binary=header_length is not None)
     document = load_json(view[:json_size], limits)
     if not isinstance(document, dict):
         raise RequestError(f"request: expected a JSON object, got {describe(document)}")
     check_json_depth(document, limits.max_json_depth, skip=_data_lists(document))
     parameters = get_field(document, "parameters", "object", "request") or {}
     binary_default = get_field(parameters, "binary_data_output", "bool", "request parameters")
+    request_id = get_field(document, "id", "str", "request")
+    arrays = _decode_inputs(document, inputs, BinarySection(view[json_size:]), shm, limits)
     return InferRequest(
-        id=get_field(document, "id", "str", "request"),
-        inputs=_decode_inputs(document, inputs, BinarySection(view[json_size:]), shm, limits),
-        outputs=_decode_outputs(document, output_names, shm),
+        id=request_id,
+        inputs=arrays,
+        outputs=_decode_outputs(document, output_names, shm),  # last: nothing fails after it holds regions
         binary_output_default=bool(binary_default),
         parameters=parameters,
     )
@@ -112,9 +126,11 @@ def encode_infer_response(
     model_version: str,
     request: InferRequest,
     outputs: Dict[str, np.ndarray],
-    shm: SystemSharedMemoryRegistry,
 ) -> Tuple[bytes, Dict[str, str]]:
-    """The response body and headers for the model's ``outputs``, as the request asked for them."""
+    """The response body and headers for the model's ``outputs``, as the request asked for them.
+
+    Shared-memory outputs are written to the regions resolved when the request was decoded.
+    """
     requested = {output.name: output for output in request.outputs}
     names = [output.name for output in request.outputs] or list(outputs)
     entries: List[Dict[str, Any]] = []
@@ -124,7 +140,7 @@ def encode_infer_response(
         entry: Dict[str, Any] = {"name": name, "datatype": numpy_to_kserve(array.dtype), "shape": list(array.shape)}
         wanted = requested.get(name, RequestedOutput(name))
         if wanted.shm is not None:
-            _write_shm(array, wanted.shm, name, shm)
+            _write_shm(array, wanted, name)
             entry["parameters"] = {
                 "shared_memory_region": wanted.shm.region,
                 "shared_memory_byte_size": array.nbytes,
@@ -133,7 +149,7 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": array.nbytes}
             chunks.append(array.data)  # joined into the body without an extra copy
         else:
-            entry["data"] = _json_values(array)
+            entry["data"] = _json_values(name, array)
         entries.append(entry)
     response: Dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
@@ -194,13 +210,23 @@ def _decode_outputs(
 ) -> List[RequestedOutput]:
     items = get_field(document, "outputs", "list", "request") or []
     result: List[RequestedOutput] = []
-    for index, item in enumerate(items):
-        where = f"outputs[{index}]"
-        name = tensor_name(item, where, "output", output_names)
-        if any(output.name == name for output in result):
-            raise RequestError(f"{where}: output {name!r} is requested twice")
-        result.append(_requested_output(item, name, shm))
+    try:
+        for index, item in enumerate(items):
+            where = f"outputs[{index}]"
+            name = tensor_name(item, where, "output", output_names)
+            if any(output.name == name for output in result):
+                raise RequestError(f"{where}: output {name!r} is requested twice")
+            result.append(_requested_output(item, name, shm))
+    except BaseException:
+        _release_targets(result)
+        raise
     return result
+
+
+def _release_targets(outputs: List[RequestedOutput]) -> None:
+    for output in outputs:
+        if output.target is not None:
+            output.target.release()
 
 
 def _requested_output(item: Dict[str, Any], name: str, shm: SystemSharedMemoryRegistry) -> RequestedOutput:
@@ -210,11 +236,12 @@ def _requested_output(item: Dict[str, Any], name: str, shm: SystemSharedMemoryRe
         raise RequestError(f"{where}: classification is not supported by this runtime")
     binary = get_field(parameters, "binary_data", "bool", where)
     ref = read_shm_ref(parameters, where)
-    if ref is not None:
-        if binary:
-            raise RequestError(f"{where}: binary_data and shared_memory_region exclude each other")
-        shm.view(ref.region, ref.offset, ref.byte_size).release()  # unknown region/range: fail now
-    return RequestedOutput(name=name, binary=binary, shm=ref)
+    if ref is None:
+        return RequestedOutput(name=name, binary=binary)
+    if binary:
+        raise RequestError(f"{where}: binary_data and shared_memory_region exclude each other")
+    target = shm.acquire(ref.region, ref.offset, ref.byte_size)  # unknown region/range: fail now
+    return RequestedOutput(name=name, binary=binary, shm=ref, target=target)
 
 
 def _output_array(name: str, outputs: Dict[str, np.ndarray]) -> np.ndarray:
@@ -228,23 +255,29 @@ def _output_array(name: str, outputs: Dict[str, np.ndarray]) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)  # keeps 0-d arrays 0-d
 
 
-def _json_values(array: np.ndarray) -> np.ndarray:
+def _json_values(name: str, array: np.ndarray) -> np.ndarray:
     # orjson writes numpy arrays itself (OPT_SERIALIZE_NUMPY); float16 only in recent releases,
-    # and float32 prints the same values (every float16 is exactly a float32).
+    # and float32 prints the same values (every float16 is exactly a float32). It writes inf and
+    # NaN as null, which clients read back as NaN: right for NaN, a silent change for an
+    # infinity, so an output holding one is refused (the client asks for it in binary).
     flat = array.reshape(-1)
-    return flat.astype(np.float32) if flat.dtype.kind == "f" and flat.dtype.itemsize == 2 else flat
+    if flat.dtype.kind != "f":
+        return flat
+    if np.isinf(flat).any():
+        raise UnrepresentableOutputError(
+            f"output {name!r} holds an infinite value, which JSON cannot represent (it would arrive as NaN): "
+            "request it with parameters.binary_data: true, or in shared memory"
+        )
+    return flat.astype(np.float32) if flat.dtype.itemsize == 2 else flat
 
 
-def _write_shm(array: np.ndarray, ref: ShmRef, name: str, shm: SystemSharedMemoryRegistry) -> None:
+def _write_shm(array: np.ndarray, wanted: RequestedOutput, name: str) -> None:
+    ref, target = wanted.shm, wanted.target
+    assert ref is not None and target is not None  # set together by _requested_output
     if array.nbytes > ref.byte_size:
         raise SharedMemoryError(
             f"output {name!r}: {array.nbytes} bytes do not fit in the {ref.byte_size} bytes requested "
             f"in shared memory region {ref.region!r}"
         )
-    if array.nbytes == 0:
-        return
-    view = shm.view(ref.region, ref.offset, array.nbytes)
-    target = np.frombuffer(view, dtype=array.dtype).reshape(array.shape)
-    np.copyto(target, array)
-    del target
-    view.release()
+    if array.nbytes:
+        target.write(ref.offset, array.reshape(-1).view(np.uint8).data)

@@ -23,14 +23,20 @@ class ServerContext:
     repository: ModelRepository
     settings: RuntimeSettings
     limits: RequestLimits
-    shm: SystemSharedMemoryRegistry = field(default_factory=SystemSharedMemoryRegistry)
+    shm: SystemSharedMemoryRegistry = field(init=False)  # built from settings.shared_memory
     started: float = field(default_factory=time.time)
     draining: threading.Event = field(default_factory=threading.Event)
 
+    def __post_init__(self) -> None:
+        self.shm = SystemSharedMemoryRegistry(self.settings.shared_memory)
+
     @property
     def ready(self) -> bool:
-        """Serving: not draining, and every loaded model is ready."""
-        return not self.draining.is_set() and all(m.ready for m in self.repository.loaded())
+        """Strict readiness, as Triton's default: not draining, and every model that should serve is ready.
+
+        Not liveness: a model that failed to load makes this false while the process serves the others.
+        """
+        return not self.draining.is_set() and self.repository.ready()
 
 
 def context() -> ServerContext:

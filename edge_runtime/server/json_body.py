@@ -6,8 +6,9 @@ JSON responses, and refuses NaN/Infinity literals, which JSON does not have. Its
 transient memory: while parsing, it holds a working buffer of about 14x the body (42 MB for a
 3.1 MB body of 150k floats; the standard library needed 8 MB but 5.6x the time: see
 scripts/bench/json_parse_bench.py). Parsing holds the GIL, so one such buffer exists at a time:
-at the 16 MiB body cap, about 230 MB once. Local apps that send large tensors should use the
-binary extension, which parses only its header.
+at the JSON cap (``limits.max_json_bytes``, 4 MiB by default: a body with no binary section, or
+the JSON header of one that has it), about 60 MB once. Local apps that send large tensors use
+the binary extension, whose bodies have the larger ``max_request_bytes`` cap.
 
 The depth cap is checked by walking the containers of the parsed document. The scalar elements
 of a list are not visited one by one in Python: ``set(map(type, items))`` runs in C and tells
@@ -49,6 +50,21 @@ def load_json(body: Union[bytes, memoryview], limits: RequestLimits) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RequestError(f"malformed JSON: {exc}") from exc
+
+
+def check_json_size(size: int, limits: RequestLimits, binary: bool = False) -> None:
+    """RequestTooLargeError when ``size`` bytes of JSON (a whole body, or a binary request's header) pass the JSON cap.
+
+    Parsing holds the GIL (every other thread waits), so JSON has its own, lower cap than the
+    binary extension's bodies.
+    """
+    if size > limits.max_json_bytes:
+        what = "the JSON header of the request" if binary else "a JSON request body"
+        raise RequestTooLargeError(
+            f"{what} of {size} bytes is over the limit of {limits.max_json_bytes} bytes for JSON "
+            "(limits.max_json_bytes): send large tensors with the binary tensor extension "
+            "(parameters.binary_data_size, Inference-Header-Content-Length)"
+        )
 
 
 def check_body_size(size: int, limits: RequestLimits) -> None:
@@ -115,6 +131,7 @@ def object_body(limits: RequestLimits, data: bytes, what: str) -> Dict[str, Any]
 
     Any other JSON value (``null``, a list, a number) is a bad request naming ``what``.
     """
+    check_json_size(len(data), limits)
     if not data.strip():
         return {}
     body = parse_json_body(data, limits)

@@ -30,8 +30,11 @@ def infer(name: str, version: Optional[str] = None) -> Response:
         ctx.shm,
         ctx.limits,
     )
-    outputs = model.infer(decoded.inputs)
-    body, headers = codec.encode_infer_response(
-        model_name=model.name, model_version=model.version, request=decoded, outputs=outputs, shm=ctx.shm
-    )
+    try:  # the shared-memory regions of the outputs are held from decode until they are written
+        outputs = model.infer(decoded.inputs)
+        body, headers = codec.encode_infer_response(
+            model_name=model.name, model_version=model.version, request=decoded, outputs=outputs
+        )
+    finally:
+        decoded.release()
     return Response(body, status=200, headers=headers)

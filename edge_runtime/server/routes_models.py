@@ -30,10 +30,11 @@ def _config_tensor(spec: TensorSpec, batched: bool) -> Dict[str, Any]:
 @blueprint.get("/v2/models/<name>/versions/<version>")
 def metadata(name: str, version: Optional[str] = None) -> Response:
     """KServe v2 model metadata."""
-    model = context().repository.get(name, version)
+    repository = context().repository
+    model = repository.get(name, version)
     return json_response({
         "name": model.name,
-        "versions": [model.version],
+        "versions": [model.version] if version else repository.loaded_versions(name),
         "platform": PLATFORMS.get(model.platform, model.platform),
         "inputs": [_tensor(spec) for spec in model.inputs],
         "outputs": [_tensor(spec) for spec in model.outputs],
@@ -52,12 +53,14 @@ def model_ready(name: str, version: Optional[str] = None) -> Response:
 @blueprint.get("/v2/models/<name>/versions/<version>/config")
 def model_config(name: str, version: Optional[str] = None) -> Response:
     """The model's configuration in Triton's model-config shape (what the runtime actually uses)."""
-    ctx = context()
-    model = ctx.repository.get(name, version)
-    return json_response(describe_config(model, ctx.settings.batching.enabled, ctx.settings))
+    model = context().repository.get(name, version)
+    return json_response(describe_config(model))
 
 
-def describe_config(model: ServedModel, batching: bool, settings: Any) -> Dict[str, Any]:
+def describe_config(model: ServedModel) -> Dict[str, Any]:
+    """Triton's model-config shape, from the settings this version is served with (override included)."""
+    settings = model.settings
+    batching = settings.batching.enabled
     batched = model.max_batch_size > 0
     config: Dict[str, Any] = {
         "name": model.name,

@@ -1,4 +1,12 @@
-"""The model-repository extension: index, load, unload."""
+"""The model-repository extension: index, load, unload.
+
+A load is an operator's explicit act: it makes a version the model's active one and records it
+(the active-version pointer), so a restart serves the same. ``parameters`` may carry
+``"version": "N"`` (an extension: Triton loads by its version policy; here the default is the
+highest version on disk) and ``"config": "<json>"`` (Triton's config override, limited to how the
+signed bundle is served: see :mod:`edge_runtime.serving.config_override`). ``file:`` overrides
+are refused: what is served is always a signed bundle.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,9 @@ from edge_runtime.errors import RequestError
 from edge_runtime.server.context import context
 from edge_runtime.server.json_body import object_body
 from edge_runtime.server.responses import json_response
+from edge_runtime.serving.config_override import apply_config_override
+
+_LOAD_PARAMETERS = ("config", "version")
 
 blueprint = Blueprint("repository", __name__)
 
@@ -30,13 +41,23 @@ def index() -> Response:
 
 @blueprint.post("/v2/repository/models/<name>/load")
 def load(name: str) -> Response:
-    """(Re)load a model at its highest version; a failure keeps the serving version."""
+    """Activate a model version (default: the highest on disk); a failure keeps what serves."""
     ctx = context()
     body = object_body(ctx.limits, request.get_data(cache=False), "load")
     parameters = _parameters(body)
-    if "config" in parameters or any(key.startswith("file:") for key in parameters):
-        raise RequestError("loading with a config override or files is not supported: ship a signed bundle")
-    ctx.repository.load(name)
+    if any(key.startswith("file:") for key in parameters):
+        raise RequestError(f"failed to load '{name}': file overrides are refused; ship a signed bundle")
+    unknown = sorted(set(parameters) - set(_LOAD_PARAMETERS))
+    if unknown:
+        raise RequestError(f"failed to load '{name}': unknown parameter(s) {', '.join(map(repr, unknown))} "
+                           f"(known: {', '.join(_LOAD_PARAMETERS)})")
+    version = parameters.get("version")
+    if version is not None and not isinstance(version, str):
+        raise RequestError(f"failed to load '{name}': parameters.version must be a string such as \"2\"")
+    settings = None
+    if "config" in parameters:
+        settings = apply_config_override(name, parameters["config"], ctx.settings)
+    ctx.repository.load(name, version, settings)
     return json_response({})
 
 

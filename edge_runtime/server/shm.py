@@ -4,65 +4,173 @@ A client creates a POSIX shared-memory object (``shm_open("/key")``, e.g. with
 ``tritonclient.utils.shared_memory``), registers a named region of it (key, offset, byte size),
 and then names that region instead of sending tensor bytes over HTTP. On Linux a POSIX shm
 object is the file ``/dev/shm/<key without its leading '/'>``, so this module opens that file
-itself (``os.open`` + ``mmap``, read/write, shared).
+itself and keeps one descriptor per region.
 
-Why not :mod:`multiprocessing.shared_memory`: before Python 3.13 its resource tracker records
-every segment a process *attaches* to and unlinks it when the process exits, so the server would
-destroy its clients' segments (and warn about "leaked" ones it never created).
+Why ``pread``/``pwrite`` and not ``mmap``: the object belongs to the client, who may shrink it
+(``ftruncate``) at any time, and a full ``/dev/shm`` cannot back a page of a sparse object.
+Touching such a page of a mapping raises SIGBUS, which kills the whole server; ``pread`` returns
+short and ``pwrite`` fails with ENOSPC instead, which become a 400 naming the region. The price
+is one copy of each shared-memory input (into a fresh buffer the model reads) and of each output.
 
-The key is opened like glibc's ``shm_open`` does it: ``O_NOFOLLOW`` (``/dev/shm`` is
-world-writable, so a symlink planted there must not lead the server to map some other file),
-and only a regular file is accepted.
+Who may register what (docs/security.md): the server opens objects with its own uid (root
+bypasses permission checks), so a client could name an object it cannot open itself. The policy
+of :class:`SharedMemorySettings` is checked with ``fstat`` on the opened descriptor (no race with
+the path): allowed key prefixes, allowed owners, never an object the server's own user owns
+unless ``allow_server_owned``, and only objects their owner shares (a group or other permission
+bit set). Caps bound the regions (one descriptor each) and their total registered bytes.
+
+Why not :mod:`multiprocessing.shared_memory`: before Python 3.13 its resource tracker unlinks
+every segment a process attaches to when the process exits, destroying the clients' segments.
+The key is opened like glibc's ``shm_open`` does it, with ``O_NOFOLLOW`` (``/dev/shm`` is
+world-writable: a planted symlink must not lead elsewhere), and only a regular file is accepted.
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
+import pwd
 import stat
 import threading
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, FrozenSet, List, Optional
 
-from edge_runtime.errors import SharedMemoryError
+import numpy as np
+
+from edge_runtime.config.runtime import SharedMemorySettings
+from edge_runtime.errors import ConfigError, SharedMemoryError
 
 SHM_DIRECTORY = "/dev/shm"
 _OPEN_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_SHARED_BITS = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
 
 
-@dataclass(frozen=True)
-class _Region:
-    key: str
-    offset: int
-    byte_size: int
-    mapping: mmap.mmap
-    start: int  # where the region begins inside ``mapping`` (mmap offsets are page-aligned)
+class Region:
+    """One registered region: its own descriptor of the object, read and written with pread/pwrite.
+
+    Requests hold a region (``acquire``/``release``) from decode until the response is written;
+    unregistering retires it, and its descriptor is closed when the last holder releases it.
+    """
+
+    def __init__(self, name: str, key: str, offset: int, byte_size: int, fd: int) -> None:
+        self.name = name
+        self.key = key
+        self.offset = offset
+        self.byte_size = byte_size
+        self._fd = fd
+        self._users = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Region:
+        """Hold the region (its descriptor stays open until ``release``)."""
+        with self._lock:
+            if self._retired:
+                raise SharedMemoryError(f"shared memory region {self.name!r} was unregistered")
+            self._users += 1
+        return self
+
+    def release(self) -> None:
+        """Stop holding the region; closes its descriptor if it was retired and no one holds it."""
+        with self._lock:
+            self._users -= 1
+            close = self._retired and self._users == 0
+        if close:
+            os.close(self._fd)
+
+    def retire(self) -> None:
+        """Unregistered: close the descriptor now, or when the last holder releases it."""
+        with self._lock:
+            if self._retired:
+                return
+            self._retired = True
+            close = self._users == 0
+        if close:
+            os.close(self._fd)
+
+    def check_range(self, offset: int, byte_size: int) -> None:
+        """SharedMemoryError unless ``byte_size`` bytes at ``offset`` lie inside the region."""
+        _check_int(self.name, "offset", offset, minimum=0)
+        _check_int(self.name, "byte_size", byte_size, minimum=0)
+        if offset + byte_size > self.byte_size:
+            raise SharedMemoryError(
+                f"shared memory region {self.name!r}: {byte_size} bytes at offset {offset} do not fit "
+                f"in its {self.byte_size} bytes"
+            )
+
+    def read(self, offset: int, byte_size: int) -> np.ndarray:
+        """A fresh uint8 array of ``byte_size`` bytes at ``offset`` (a held region only)."""
+        self.check_range(offset, byte_size)
+        buffer = np.empty(byte_size, dtype=np.uint8)
+        view = buffer.data
+        start = self.offset + offset
+        done = 0
+        try:
+            while done < byte_size:
+                count = os.preadv(self._fd, [view[done:]], start + done)
+                if count == 0:
+                    raise SharedMemoryError(
+                        f"shared memory region {self.name!r}: its object (key {self.key!r}) ends before the "
+                        f"{byte_size} bytes at offset {offset}: it was truncated after registration"
+                    )
+                done += count
+        except OSError as exc:
+            raise SharedMemoryError(f"shared memory region {self.name!r}: read failed: {exc.strerror}") from exc
+        return buffer
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` (bytes) at ``offset`` (a held region only); never grows a shrunk object."""
+        self.check_range(offset, data.nbytes)
+        start = self.offset + offset
+        try:
+            size = os.fstat(self._fd).st_size
+            if start + data.nbytes > size:
+                raise SharedMemoryError(
+                    f"shared memory region {self.name!r}: its object (key {self.key!r}) is now {size} bytes, "
+                    f"too small for {data.nbytes} bytes at offset {offset}: it was truncated after registration"
+                )
+            done = 0
+            while done < data.nbytes:
+                done += os.pwrite(self._fd, data[done:], start + done)
+        except OSError as exc:
+            raise SharedMemoryError(f"shared memory region {self.name!r}: write failed: {exc.strerror}") from exc
 
 
 class SystemSharedMemoryRegistry:
-    """The registered system shared-memory regions of one server; safe to use from any thread.
+    """The registered system shared-memory regions of one server, under its settings; thread-safe."""
 
-    Unregistering a region while views of it are still in use (an inference in flight) is
-    allowed: the entry goes at once, and the mapping is unmapped when the last view is released.
-    """
-
-    def __init__(self, directory: str = SHM_DIRECTORY) -> None:
+    def __init__(self, settings: Optional[SharedMemorySettings] = None, directory: str = SHM_DIRECTORY) -> None:
+        self._settings = settings if settings is not None else SharedMemorySettings()
+        self._owners = _resolve_owners(self._settings)
+        self._server_uid = os.geteuid()
         self._directory = directory
-        self._regions: Dict[str, _Region] = {}
+        self._regions: Dict[str, Region] = {}
+        self._total_bytes = 0
         self._lock = threading.Lock()
 
+    @property
+    def enabled(self) -> bool:
+        """False when the settings switch the extension off."""
+        return self._settings.enabled
+
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        """Map ``byte_size`` bytes at ``offset`` of the shm object ``key`` as region ``name``."""
+        """Open the shm object ``key`` as region ``name`` (``byte_size`` bytes at ``offset``), by the policy."""
+        self._check_enabled()
         if not isinstance(name, str) or not name:
             raise SharedMemoryError("shared memory region name must be a non-empty string")
         path = self._path(key)
         _check_int(name, "offset", offset, minimum=0)
         _check_int(name, "byte_size", byte_size, minimum=1)
-        with self._lock:
-            if name in self._regions:
-                raise SharedMemoryError(f"shared memory region {name!r} is already registered")
-            self._regions[name] = _map_region(name, path, key, offset, byte_size)
+        self._check_prefix(name, key)
+        with self._lock:  # checked before opening (a flood must not cost descriptors) and again after
+            self._check_caps(name, byte_size)
+        fd = self._open(name, path, key, offset, byte_size)
+        try:
+            with self._lock:
+                self._check_caps(name, byte_size)
+                self._regions[name] = Region(name, key, offset, byte_size, fd)
+                self._total_bytes += byte_size
+        except BaseException:
+            os.close(fd)
+            raise
 
     def unregister(self, name: Optional[str] = None) -> None:
         """Forget region ``name`` (all regions when None); an unknown name is a no-op, as in Triton."""
@@ -73,38 +181,41 @@ class SystemSharedMemoryRegistry:
             else:
                 region = self._regions.pop(name, None)
                 regions = [] if region is None else [region]
+            self._total_bytes -= sum(region.byte_size for region in regions)
         for region in regions:
-            _release(region.mapping)
+            region.retire()
 
     def status(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
         """Triton's status list ``[{"name", "key", "offset", "byte_size"}]`` of one or all regions."""
         with self._lock:
             if name is None:
-                items = list(self._regions.items())
+                regions = list(self._regions.values())
             elif name in self._regions:
-                items = [(name, self._regions[name])]
+                regions = [self._regions[name]]
             else:
                 raise SharedMemoryError(f"unknown shared memory region {name!r}")
         return [
-            {"name": key, "key": region.key, "offset": region.offset, "byte_size": region.byte_size}
-            for key, region in items
+            {"name": region.name, "key": region.key, "offset": region.offset, "byte_size": region.byte_size}
+            for region in regions
         ]
 
-    def view(self, name: str, offset: int, byte_size: int) -> memoryview:
-        """A writable view of ``byte_size`` bytes at ``offset`` inside region ``name``."""
+    def acquire(self, name: str, offset: int, byte_size: int) -> Region:
+        """Region ``name``, held by the caller (who must ``release`` it), checked to hold the range."""
+        self._check_enabled()
         with self._lock:
             region = self._regions.get(name)
             if region is None:
                 raise SharedMemoryError(f"unknown shared memory region {name!r}")
-            _check_int(name, "offset", offset, minimum=0)
-            _check_int(name, "byte_size", byte_size, minimum=0)
-            if offset + byte_size > region.byte_size:
-                raise SharedMemoryError(
-                    f"shared memory region {name!r}: {byte_size} bytes at offset {offset} do not fit "
-                    f"in its {region.byte_size} bytes"
-                )
-            start = region.start + offset
-            return memoryview(region.mapping)[start : start + byte_size]
+            region.check_range(offset, byte_size)
+            return region.acquire()
+
+    def read(self, name: str, offset: int, byte_size: int) -> np.ndarray:
+        """A fresh copy of ``byte_size`` bytes at ``offset`` of region ``name``."""
+        region = self.acquire(name, offset, byte_size)
+        try:
+            return region.read(offset, byte_size)
+        finally:
+            region.release()
 
     def close(self) -> None:
         """Unregister every region."""
@@ -116,6 +227,74 @@ class SystemSharedMemoryRegistry:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _check_enabled(self) -> None:
+        if not self._settings.enabled:
+            raise SharedMemoryError("system shared memory is not supported: it is disabled on this server")
+
+    def _check_caps(self, name: str, byte_size: int) -> None:
+        if name in self._regions:
+            raise SharedMemoryError(f"shared memory region {name!r} is already registered")
+        limit = self._settings.max_regions
+        if len(self._regions) >= limit:
+            raise SharedMemoryError(
+                f"shared memory region {name!r}: {limit} regions are registered, the limit "
+                "(shared_memory.max_regions): unregister one first"
+            )
+        total = self._settings.max_total_bytes
+        if self._total_bytes + byte_size > total:
+            raise SharedMemoryError(
+                f"shared memory region {name!r}: {byte_size} more bytes would pass the limit of {total} "
+                f"registered bytes (shared_memory.max_total_bytes; {self._total_bytes} registered)"
+            )
+
+    def _check_prefix(self, name: str, key: str) -> None:
+        prefixes = self._settings.key_prefixes
+        slashed = key if key.startswith("/") else "/" + key
+        if prefixes and not any(slashed.startswith(prefix) for prefix in prefixes):
+            raise SharedMemoryError(
+                f"shared memory region {name!r}: key {key!r} does not start with an allowed prefix "
+                f"({', '.join(prefixes)}; shared_memory.key_prefixes)"
+            )
+
+    def _open(self, name: str, path: str, key: str, offset: int, byte_size: int) -> int:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            raise SharedMemoryError(
+                f"shared memory region {name!r}: cannot open key {key!r}: {exc.strerror}"
+            ) from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SharedMemoryError(f"shared memory region {name!r}: key {key!r} is not a shm object")
+            self._check_owner(name, key, info)
+            if offset + byte_size > info.st_size:
+                raise SharedMemoryError(
+                    f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is beyond "
+                    f"the end of key {key!r} ({info.st_size} bytes)"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_owner(self, name: str, key: str, info: os.stat_result) -> None:
+        where = f"shared memory region {name!r}: key {key!r}"
+        if info.st_uid == self._server_uid:
+            if not self._settings.allow_server_owned:
+                raise SharedMemoryError(
+                    f"{where} is owned by the server's own user, which clients may not register "
+                    "(shared_memory.allow_server_owned is false; see docs/security.md)"
+                )
+            return
+        if self._owners and info.st_uid not in self._owners:
+            raise SharedMemoryError(f"{where}: its owner (uid {info.st_uid}) is not in shared_memory.allowed_owners")
+        if not info.st_mode & _SHARED_BITS:
+            raise SharedMemoryError(
+                f"{where} is private to its owner (mode {stat.S_IMODE(info.st_mode):04o}): an app shares it "
+                "with the runtime by making it 0660 with the runtime's group (docs/security.md)"
+            )
+
     def _path(self, key: Any) -> str:
         bare = key[1:] if isinstance(key, str) and key.startswith("/") else key
         if not isinstance(bare, str) or not bare or "/" in bare or ".." in bare or "\x00" in bare:
@@ -125,38 +304,17 @@ class SystemSharedMemoryRegistry:
         return os.path.join(self._directory, bare)
 
 
-def _map_region(name: str, path: str, key: str, offset: int, byte_size: int) -> _Region:
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        raise SharedMemoryError(
-            f"shared memory region {name!r}: cannot open key {key!r}: {exc.strerror}"
-        ) from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SharedMemoryError(f"shared memory region {name!r}: key {key!r} is not a shm object")
-        if offset + byte_size > info.st_size:
-            raise SharedMemoryError(
-                f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is beyond "
-                f"the end of key {key!r} ({info.st_size} bytes)"
-            )
-        start = offset % mmap.ALLOCATIONGRANULARITY
-        mapping = mmap.mmap(fd, start + byte_size, access=mmap.ACCESS_WRITE, offset=offset - start)
-    except (OSError, ValueError) as exc:
-        raise SharedMemoryError(
-            f"shared memory region {name!r}: cannot map key {key!r}: {getattr(exc, 'strerror', None) or exc}"
-        ) from exc
-    finally:
-        os.close(fd)  # the mapping keeps its own reference to the object
-    return _Region(key=key, offset=offset, byte_size=byte_size, mapping=mapping, start=start)
-
-
-def _release(mapping: mmap.mmap) -> None:
-    # BufferError: views are still exported (an inference is using the region). Dropping our
-    # reference is then enough: the mapping is unmapped when the last view goes away.
-    with contextlib.suppress(BufferError):
-        mapping.close()
+def _resolve_owners(settings: SharedMemorySettings) -> FrozenSet[int]:
+    uids = set()
+    for owner in settings.allowed_owners:
+        if isinstance(owner, int):
+            uids.add(owner)
+            continue
+        try:
+            uids.add(pwd.getpwnam(owner).pw_uid)
+        except KeyError:
+            raise ConfigError(f"shared_memory.allowed_owners: no user named {owner!r} on this system") from None
+    return frozenset(uids)
 
 
 def _check_int(name: str, field: str, value: Any, minimum: int) -> None:

@@ -45,6 +45,7 @@ class ServedModel:
         self.max_batch_size = 0
         self.platform = ""
         self.artifact = ""
+        self.memory_mb = 0.0  # counted against the device's memory budget (set by the repository)
         self._queue: Optional[RequestQueue] = None
         self._instances: List[ModelInstance] = []
         self._lock = threading.Lock()
@@ -52,6 +53,11 @@ class ServedModel:
     @property
     def ready(self) -> bool:
         return self.state == READY
+
+    @property
+    def settings(self) -> RuntimeSettings:
+        """The settings this version is served with (the runtime's, or a load request's override)."""
+        return self._settings
 
     def start(self, timeout_s: float = 600.0) -> None:
         """Load and warm up every instance; READY only when all are. Raises the first load error."""

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edge_runtime.bundle.verify import sha256_file
-from edge_runtime.errors import ModelSourceError
+from export.errors import ModelSourceError
 from export.models import digits_cnn, resnet
 from export.models.digits_data import LabelledSplits, load_digits_splits
 from export.models.training import train_classifier

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from edge_runtime.bundle.manifest import TensorSpec
-from edge_runtime.errors import CalibrationDataError
+from export.errors import CalibrationDataError
 
 Batches = Dict[str, np.ndarray]
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edge_runtime.bundle.manifest import TensorSpec
-from edge_runtime.errors import ExportError
+from export.errors import ExportError
 
 OPSET = 17
 INPUT_NAME = "input"

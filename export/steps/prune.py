@@ -18,7 +18,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from edge_runtime.errors import BackendUnavailableError, PruningError
+from edge_runtime.errors import BackendUnavailableError
+from export.errors import PruningError
 
 METHODS = ("structured", "unstructured")
 DEFAULT_ROUND_TO = 8

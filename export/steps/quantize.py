@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 from tqdm import tqdm
 
 from edge_runtime.config import QuantizationSettings
-from edge_runtime.errors import ExportError
+from export.errors import ExportError
 from export.steps.calibrate import Batches, iter_batches
 
 CALIBRATION_BATCH = 16

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_runtime.config import DeviceConfig
-from edge_runtime.errors import StepUnavailableError
+from export.errors import StepUnavailableError
 
 
 def ensure_available(config: DeviceConfig) -> None:

@@ -74,7 +74,9 @@ def _export(tmp: Path) -> Tuple[Path, Path]:
 
 def _settings_yaml(path: Path, pub: Path, batching: bool) -> Path:
     path.write_text(f"device_config: {REPO / 'device_configs/x86-cpu.yaml'}\ntrusted_keys: [{pub}]\n"
-                    f"batching: {{enabled: {str(batching).lower()}, max_batch_size: 8, max_queue_delay_us: 0}}\n")
+                    f"batching: {{enabled: {str(batching).lower()}, max_batch_size: 8, max_queue_delay_us: 0}}\n"
+                    # the JSON modes send a 224x224x3 image as JSON (3.1 MB): above the 1 MiB default
+                    "limits: {max_json_bytes: 4194304}\n")
     return path
 
 

@@ -26,6 +26,8 @@ def runtime_config(tmp_path: Path, keypair: Tuple[Path, Path], device_configs_di
         "warmup_runs: 1\n"
         "drain_timeout_s: 5\n"
         "batching: {max_batch_size: 8, max_queue_delay_us: 2000, max_queue_size: 64}\n"
+        # tritonclient's regions belong to the test's user, which is also the server's here
+        "shared_memory: {allow_server_owned: true}\n"
     )
     return path
 

@@ -6,15 +6,18 @@ run on the device's Python 3.8: output = input @ W + b, input float32 [-1, 4], o
 
 from __future__ import annotations
 
+import http.client
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -77,11 +80,17 @@ class RunningServer:
         return self.process.wait(timeout)
 
 
-def start_server(args: List[str], log: Path, timeout: float = 60.0) -> RunningServer:
-    """Start `edge-runtime serve ARGS --port 0` and wait until /v2/health/ready answers 200."""
+def start_server(args: List[str], log: Path, timeout: float = 60.0, *, env: Optional[Dict[str, str]] = None,
+                 preexec_fn: Optional[Callable[[], None]] = None, close_fds: bool = True) -> RunningServer:
+    """Start `edge-runtime serve ARGS --port 0` and wait until /v2/health/ready answers 200.
+
+    ``env``: extra environment variables; ``preexec_fn``/``close_fds``: as for subprocess.Popen
+    (to change the server's limits or hand it open descriptors).
+    """
     handle = log.open("w")
     process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", *args, "--port", "0"],
-                               stdout=handle, stderr=subprocess.STDOUT)
+                               stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                               preexec_fn=preexec_fn, close_fds=close_fds)
     deadline = time.monotonic() + timeout
     port = 0
     while time.monotonic() < deadline and process.poll() is None:
@@ -99,3 +108,39 @@ def start_server(args: List[str], log: Path, timeout: float = 60.0) -> RunningSe
     raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
 
 
+
+
+def write_runtime_config(path: Path, device_configs_dir: Path, public_key: Path, extra: str = "") -> Path:
+    """Runtime settings YAML for the x86-cpu device trusting ``public_key``, plus ``extra`` YAML lines."""
+    path.write_text(f"device_config: {device_configs_dir / 'x86-cpu.yaml'}\ntrusted_keys: [{public_key}]\n"
+                    f"warmup_runs: 1\ndrain_timeout_s: 5\n{extra}")
+    return path
+
+
+def run_serve(args: List[str], env: Optional[Dict[str, str]] = None, timeout: float = 60.0
+              ) -> subprocess.CompletedProcess:
+    """Run `edge-runtime serve ARGS` to its end (for start-up refusals): its status and output."""
+    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", "serve", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
+    """Send raw bytes to 127.0.0.1:port and read one HTTP response: status, headers (lower-case), body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+        return response.status, {key.lower(): value for key, value in response.getheaders()}, body
+
+
+def get(port: int, path: str, headers: Optional[Dict[str, str]] = None, timeout: float = 10.0
+        ) -> Tuple[int, Dict[str, str], bytes]:
+    """GET 127.0.0.1:port/path: status, headers (lower-case), body; an error status is returned, not raised."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {key.lower(): value for key, value in response.getheaders()}, response.read()
+    finally:
+        connection.close()

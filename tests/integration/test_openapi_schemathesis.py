@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from edge_runtime.backends.fake import FakeBackend  # noqa: E402
-from edge_runtime.config import RuntimeSettings, load_device_config  # noqa: E402
+from edge_runtime.config import RuntimeSettings, SharedMemorySettings, load_device_config  # noqa: E402
 from edge_runtime.server.app import EXTENSION_KEY, create_app  # noqa: E402
 from edge_runtime.server.shm import SystemSharedMemoryRegistry  # noqa: E402
 from edge_runtime.serving.repository import ModelRepository  # noqa: E402
@@ -175,7 +175,8 @@ def server(device_configs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     # directory, which holds the one object that the document's example registers.
     shm_dir = tmp_path_factory.mktemp("shm")
     (shm_dir / EXAMPLE_SHM_KEY).write_bytes(bytes(4096))
-    app.extensions[EXTENSION_KEY].shm = SystemSharedMemoryRegistry(directory=str(shm_dir))
+    app.extensions[EXTENSION_KEY].shm = SystemSharedMemoryRegistry(SharedMemorySettings(allow_server_owned=True),
+                                                                    directory=str(shm_dir))
     yield FuzzedServer(app, repository)
     if TALLY_PATH:
         Path(TALLY_PATH).write_text(json.dumps({op: dict(codes) for op, codes in tally.items()}, indent=1))

@@ -142,7 +142,7 @@ def test_statistics_and_metrics(client: httpclient.InferenceServerClient, server
 def test_unknown_model_is_404(client: httpclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException, match="404") as raised:
         _infer(client, binary=True, model="nope")
-    assert "unknown model 'nope'" in str(raised.value)
+    assert "Request for unknown model: 'nope' is not found" in str(raised.value)
 
 
 def test_sigterm_drains_and_exits_cleanly(server: RunningServer) -> None:

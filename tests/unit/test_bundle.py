@@ -517,3 +517,90 @@ def test_writer_default_created_is_utc(tmp_path: Path, private_key: Any) -> None
     manifest = _finalize(tmp_path, private_key, [ArtifactSpec("model.onnx", "onnx")])
     assert manifest.created.endswith("Z") and len(manifest.created) == 20
     assert verify_bundle(tmp_path, [private_key.public_key()]) == manifest
+
+
+# --- files that are not regular files: no open may block (issue 13) -------------------------
+
+
+def _verify_within(root: Path, trusted: List[Any], seconds: float = 10.0) -> BaseException:
+    """Run verify_bundle in a daemon thread; fail (not hang) if it is still blocked after ``seconds``."""
+    import threading
+
+    outcome: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            verify_bundle(root, trusted)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "verify_bundle blocked opening a special file"
+    assert outcome, "a special file was accepted"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("name", ["manifest.sig", "manifest.json", "model.onnx"])
+def test_fifo_in_place_of_a_file_is_refused_without_blocking(
+    bundle: Path, trusted: List[Any], name: str
+) -> None:
+    (bundle / name).unlink()
+    os.mkfifo(bundle / name)
+    error = _verify_within(bundle, trusted)
+    assert isinstance(error, BundleError)
+    assert f"{name}: not a regular file (a FIFO)" in str(error)
+
+
+def test_socket_in_place_of_an_artifact_is_refused(bundle: Path, trusted: List[Any]) -> None:
+    import socket
+
+    (bundle / "report.json").unlink()
+    # AF_UNIX paths are short: bind through a relative name from inside the bundle
+    here = os.getcwd()
+    os.chdir(bundle)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind("report.json")
+    finally:
+        os.chdir(here)
+    try:
+        error = _verify_within(bundle, trusted)
+    finally:
+        sock.close()
+    assert isinstance(error, IntegrityError) and "report.json: not a regular file (a socket)" in str(error)
+
+
+def test_device_file_in_place_of_the_signature_is_never_opened(
+    bundle: Path, trusted: List[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (bundle / "manifest.sig").unlink()
+    os.symlink("/dev/zero", bundle / "manifest.sig")  # a link is refused before any open, too
+    opened: List[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    error = _verify_within(bundle, trusted)
+    assert isinstance(error, SignatureError) and "symbolic link" in str(error)
+    assert not any(path.endswith("manifest.sig") for path in opened)
+
+
+def test_read_verified_returns_the_hashed_bytes(bundle: Path, trusted: List[Any]) -> None:
+    from edge_runtime.bundle.verify import open_bundle
+
+    verified = open_bundle(bundle, trusted)
+    artifact = next(a for a in verified.manifest.artifacts if a.path == "model.onnx")
+    assert verified.read_verified(artifact) == ARTIFACT_FILES["model.onnx"]
+
+
+def test_read_verified_refuses_a_file_swapped_after_verification(bundle: Path, trusted: List[Any]) -> None:
+    from edge_runtime.bundle.verify import open_bundle
+
+    verified = open_bundle(bundle, trusted)
+    artifact = next(a for a in verified.manifest.artifacts if a.path == "model.onnx")
+    swapped = bytearray(ARTIFACT_FILES["model.onnx"])
+    swapped[0] ^= 0xFF  # same size, other bytes
+    (bundle / "model.onnx.new").write_bytes(bytes(swapped))
+    os.replace(bundle / "model.onnx.new", bundle / "model.onnx")
+    with pytest.raises(IntegrityError, match=r"model\.onnx: sha256 mismatch"):
+        verified.read_verified(artifact)

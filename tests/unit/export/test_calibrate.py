@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle.manifest import TensorSpec
-from edge_runtime.errors import CalibrationDataError
+from export.errors import CalibrationDataError
 from export.steps.calibrate import iter_batches, load_calibration_data
 
 INPUTS = (TensorSpec(name="input", dtype="float32", shape=(-1, 1, 8, 8)),)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_runtime.errors import PruningError
+from export.errors import PruningError
 from export.models.digits_cnn import INPUT_SHAPE as DIGITS_SHAPE
 from export.models.digits_cnn import DigitsCNN
 from export.models.resnet import ResNet18

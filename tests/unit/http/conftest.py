@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 
 from edge_runtime.backends.fake import FakeBackend
 from edge_runtime.config import LimitSettings, RuntimeSettings, load_device_config
+from edge_runtime.config.runtime import SharedMemorySettings
 from edge_runtime.server.app import create_app
 from edge_runtime.serving.repository import ModelRepository
 
@@ -26,7 +27,9 @@ MakeApp = Callable[..., Flask]
 @pytest.fixture()
 def settings(device_configs_dir: Path) -> RuntimeSettings:
     device_config = str(device_configs_dir / "x86-cpu.yaml")
-    return RuntimeSettings(device_config=device_config, trusted_keys=("unused.pub",), warmup_runs=1)
+    # The test's own process creates the shm objects: they are owned by the server's user.
+    return RuntimeSettings(device_config=device_config, trusted_keys=("unused.pub",), warmup_runs=1,
+                           shared_memory=SharedMemorySettings(allow_server_owned=True))
 
 
 @pytest.fixture()

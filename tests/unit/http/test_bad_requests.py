@@ -42,6 +42,7 @@ class BadRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     before: Tuple[Tuple[str, str], ...] = ()
     small_limit: bool = False  # send it to the app with a SMALL_BODY_LIMIT body cap
+    json_limit: bool = False  # send it to the app with a SMALL_BODY_LIMIT JSON cap (limits.max_json_bytes)
     needs_shm: bool = False  # needs region SHM_REGION registered (POSIX shared memory)
 
 
@@ -103,6 +104,18 @@ DEEP_INPUT_PARAMETERS = (
     + nested_objects(1000) + "}]}"
 ).encode()
 SHM_OK = {"shared_memory_region": SHM_REGION, "shared_memory_byte_size": SHM_REGION_BYTES}
+# Under the body cap of the json_limit app, over its JSON cap: a whole JSON body, and a binary request's header
+OVER_JSON_LIMIT = json.dumps(fake_request(id="x" * SMALL_BODY_LIMIT)).encode()
+BIG_HEADER_BODY, BIG_HEADER_HEADERS = binary(fake_request(BINARY_INPUT, id="x" * SMALL_BODY_LIMIT), FLOATS)
+# numpy used to guess a '<U10000' array for this before checking count and types (1.2 GB at 30 000 strings)
+AMPLIFYING_DATA = '["' + "x" * 10000 + '"' + ',"a"' * 15 + "]"
+INFINITE_BODY, INFINITE_HEADERS = binary(
+    fake_request(BINARY_INPUT, outputs=[{"name": "OUTPUT0", "parameters": {"binary_data": False}}]),
+    struct.pack("<16f", float("inf"), *([0.5] * 15)),
+)
+
+
+UNKNOWN_NOSUCH = "Request for unknown model: 'nosuch' is not found"  # Triton's text
 
 
 def case(name: str, request: BadRequest) -> Any:
@@ -137,6 +150,18 @@ CASES: List[Any] = [
     case("body-over-cap", infer(413, "exceeds the capacity limit", OVER_SMALL_LIMIT, small_limit=True)),
     case("body-over-cap-repository-index", BadRequest("POST", "/v2/repository/index", 413, "exceeds the capacity",
                                                       body=b" " * (SMALL_BODY_LIMIT + 1), small_limit=True)),
+    case("json-body-over-json-cap", infer(413, "over the limit of 1024 bytes for JSON", OVER_JSON_LIMIT,
+                                          json_limit=True)),
+    case("binary-header-over-json-cap", infer(413, "the JSON header of the request of", BIG_HEADER_BODY,
+                                              BIG_HEADER_HEADERS, json_limit=True)),
+    case("shm-register-over-json-cap", BadRequest("POST", "/v2/systemsharedmemory/region/r1/register", 413,
+                                                  "binary tensor extension", body=b" " * (SMALL_BODY_LIMIT + 1),
+                                                  json_limit=True)),
+    case("data-amplifying-strings", infer(400, "FP32 takes JSON numbers, got strings", raw_fake(AMPLIFYING_DATA))),
+    case("data-boolean-among-numbers", infer(400, "FP32 takes JSON numbers, got values of mixed JSON types",
+                                             raw_fake("[true" + ",0" * 15 + "]"))),
+    case("output-infinite-as-json", infer(422, "output 'OUTPUT0' holds an infinite value", INFINITE_BODY,
+                                          INFINITE_HEADERS)),
     # --- the request object
     case("inputs-missing", infer(400, "request: inputs: required", {"id": "1"})),
     case("inputs-empty", infer(400, "expected at least one input", {"inputs": []})),
@@ -284,16 +309,18 @@ CASES: List[Any] = [
     case("batch-disagrees-between-inputs", infer(400, "inputs disagree on the batch size", multi_request(
         b={"name": "B", "shape": [2, 2], "datatype": "BOOL", "data": [True] * 4}), path=MULTI_INFER)),
     # --- models and versions
-    case("infer-unknown-model", infer(404, "unknown model 'nosuch'", fake_request(), path="/v2/models/nosuch/infer")),
-    case("infer-unknown-version", infer(404, "has no version '7'", fake_request(),
+    case("infer-unknown-model", infer(404, UNKNOWN_NOSUCH, fake_request(), path="/v2/models/nosuch/infer")),
+    case("infer-unknown-version", infer(404, "'fake' version 7 is not found", fake_request(),
                                         path="/v2/models/fake/versions/7/infer")),
     case("infer-unloaded-model", infer(503, "model 'fake' is not loaded", fake_request(),
                                        before=(("POST", "/v2/repository/models/fake/unload"),))),
-    case("metadata-unknown-model", BadRequest("GET", "/v2/models/nosuch", 404, "unknown model 'nosuch'")),
-    case("metadata-unknown-version", BadRequest("GET", "/v2/models/fake/versions/2", 404, "has no version '2'")),
-    case("ready-unknown-model", BadRequest("GET", "/v2/models/nosuch/ready", 404, "unknown model 'nosuch'")),
-    case("config-unknown-version", BadRequest("GET", "/v2/models/fake/versions/0/config", 404, "no version '0'")),
-    case("stats-unknown-model", BadRequest("GET", "/v2/models/nosuch/stats", 404, "unknown model 'nosuch'")),
+    case("metadata-unknown-model", BadRequest("GET", "/v2/models/nosuch", 404, UNKNOWN_NOSUCH)),
+    case("metadata-unknown-version", BadRequest("GET", "/v2/models/fake/versions/2", 404,
+                                                "'fake' version 2 is not found")),
+    case("ready-unknown-model", BadRequest("GET", "/v2/models/nosuch/ready", 404, UNKNOWN_NOSUCH)),
+    case("config-unknown-version", BadRequest("GET", "/v2/models/fake/versions/0/config", 404,
+                                              "'fake' version 0 is not found")),
+    case("stats-unknown-model", BadRequest("GET", "/v2/models/nosuch/stats", 404, UNKNOWN_NOSUCH)),
     # --- transport: encodings, methods, routes
     case("content-encoding-gzip", infer(415, "Content-Encoding 'gzip' is not supported", fake_request(),
                                         headers={"Content-Encoding": "gzip"})),
@@ -330,13 +357,19 @@ CASES: List[Any] = [
     case("shm-register-name-taken", BadRequest("POST", f"/v2/systemsharedmemory/region/{SHM_REGION}/register", 400,
                                                f"region '{SHM_REGION}' is already registered",
                                                body={"key": "/k", "byte_size": 4}, needs_shm=True)),
+    case("cuda-shm-register", BadRequest("POST", "/v2/cudasharedmemory/region/r1/register", 400,
+                                         "failed to register CUDA shared memory region: 'r1', GPUs not supported",
+                                         body={"raw_handle": {"b64": ""}, "device_id": 0, "byte_size": 4})),
+    case("cuda-shm-region-status-unknown", BadRequest("GET", "/v2/cudasharedmemory/region/r1/status", 404,
+                                                      "Unable to find cuda shared memory region: 'r1'")),
     case("shm-region-status-unknown", BadRequest("GET", "/v2/systemsharedmemory/region/nope/status", 400,
                                                  "unknown shared memory region 'nope'")),
     # --- model-repository extension
     case("repository-load-unknown-model", BadRequest("POST", "/v2/repository/models/nosuch/load", 404,
                                                      "no model 'nosuch' in the repository")),
-    case("repository-load-config-override", BadRequest("POST", "/v2/repository/models/fake/load", 400,
-                                                       "config override", body={"parameters": {"config": "{}"}})),
+    case("repository-load-config-not-json", BadRequest("POST", "/v2/repository/models/fake/load", 400,
+                                                       "parameters.config is not valid JSON",
+                                                       body={"parameters": {"config": "not json"}})),
     case("repository-load-file-override", BadRequest("POST", "/v2/repository/models/fake/load", 400,
                                                      "ship a signed bundle",
                                                      body={"parameters": {"file:1/model.onnx": "AAAA"}})),
@@ -390,7 +423,11 @@ def register_region(client: FlaskClient, make_shm: MakeShm) -> None:
 
 @pytest.mark.parametrize("bad", CASES)
 def test_bad_request(bad: BadRequest, client: FlaskClient, make_app: MakeApp, request: pytest.FixtureRequest) -> None:
-    target = make_app(LimitSettings(max_request_bytes=SMALL_BODY_LIMIT)).test_client() if bad.small_limit else client
+    target = client
+    if bad.small_limit:
+        target = make_app(LimitSettings(max_request_bytes=SMALL_BODY_LIMIT)).test_client()
+    elif bad.json_limit:
+        target = make_app(LimitSettings(max_json_bytes=SMALL_BODY_LIMIT)).test_client()
     if bad.needs_shm:
         register_region(target, request.getfixturevalue("make_shm"))  # skips without /dev/shm
     for method, path in bad.before:
@@ -418,6 +455,9 @@ VALID = [
     pytest.param(("POST", FAKE_INFER, fake_request(shm_input(**SHM_OK)), {}), id="shm-fake"),
     pytest.param(("POST", "/v2/repository/models/fake/load", {"parameters": {}}, {}), id="repository-load"),
     pytest.param(("POST", "/v2/repository/index", b"", {}), id="repository-index"),
+    pytest.param(("GET", "/v2/cudasharedmemory/status", b"", {}), id="cuda-shm-status"),
+    pytest.param(("POST", "/v2/cudasharedmemory/unregister", b"", {}), id="cuda-shm-unregister-all"),
+    pytest.param(("POST", "/v2/cudasharedmemory/region/r1/unregister", b"", {}), id="cuda-shm-unregister-one"),
 ]
 
 

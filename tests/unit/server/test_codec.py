@@ -18,7 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.bundle.manifest import DTYPES, TensorSpec
-from edge_runtime.errors import InferenceError, RequestError, RequestTooLargeError, SharedMemoryError
+from edge_runtime.config.runtime import SharedMemorySettings
+from edge_runtime.errors import (
+    InferenceError,
+    RequestError,
+    RequestTooLargeError,
+    SharedMemoryError,
+    UnrepresentableOutputError,
+)
 from edge_runtime.server.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -55,7 +62,7 @@ DELETE = object()
 
 @pytest.fixture()
 def shm() -> Iterator[SystemSharedMemoryRegistry]:
-    with SystemSharedMemoryRegistry() as registry:
+    with SystemSharedMemoryRegistry(SharedMemorySettings(allow_server_owned=True)) as registry:
         yield registry
 
 
@@ -114,9 +121,8 @@ def request_for(outputs: List[RequestedOutput], binary_default: bool = False, id
     return InferRequest(id=id, inputs={}, outputs=outputs, binary_output_default=binary_default, parameters={})
 
 
-def encode(request: InferRequest, outputs: Dict[str, np.ndarray], shm: Optional[SystemSharedMemoryRegistry] = None):  # type: ignore[no-untyped-def]
-    registry = shm if shm is not None else SystemSharedMemoryRegistry()
-    return encode_infer_response(model_name="m", model_version="1", request=request, outputs=outputs, shm=registry)
+def encode(request: InferRequest, outputs: Dict[str, np.ndarray]) -> Tuple[bytes, Dict[str, str]]:
+    return encode_infer_response(model_name="m", model_version="1", request=request, outputs=outputs)
 
 
 def split(body: bytes, headers: Dict[str, str]) -> Tuple[Any, bytes]:
@@ -201,13 +207,14 @@ def test_shared_memory_input_and_output(shm: SystemSharedMemoryRegistry, shm_key
     request = decode(*body_of(doc), shm=shm)
     assert_inputs(request)
     assert request.outputs == [RequestedOutput("y", None, ShmRef("out", 64, 8))]
-    with open("/dev/shm" + in_key, "r+b") as handle:  # the input is a view of the client's memory
+    with open("/dev/shm" + in_key, "r+b") as handle:  # the input is a copy: the client may change its object
         handle.seek(100)
         handle.write(np.float32(42).tobytes())
-    assert request.inputs["x"][0, 0] == 42
+    assert request.inputs["x"][0, 0] == X[0, 0]
 
     y = np.array([[1.5, -2.0, 3.25]], dtype=np.float32)
-    body, headers = encode(request, {"y": y, "z": np.zeros(1)}, shm=shm)
+    body, headers = encode(request, {"y": y, "z": np.zeros(1)})
+    request.release()
     assert headers == {"Content-Type": "application/json"}
     assert orjson.loads(body)["outputs"] == [
         {
@@ -226,9 +233,71 @@ def test_shared_memory_output_too_small_is_refused(
     shm: SystemSharedMemoryRegistry, shm_key: Callable[[int], str]
 ) -> None:
     shm.register("out", shm_key(4096), 0, 4096)
-    request = request_for([RequestedOutput("y", shm=ShmRef("out", 8))])
+    request = request_for([RequestedOutput("y", shm=ShmRef("out", 8), target=shm.acquire("out", 0, 8))])
     with pytest.raises(SharedMemoryError, match="output 'y': 12 bytes do not fit in the 8 bytes requested"):
-        encode(request, {"y": np.zeros(3, dtype=np.float32)}, shm=shm)
+        encode(request, {"y": np.zeros(3, dtype=np.float32)})
+    request.release()
+
+
+def _shm_output_doc(region: str) -> Dict[str, Any]:
+    doc = valid_doc()
+    doc["outputs"] = [{"name": "y", "parameters": {"shared_memory_region": region, "shared_memory_byte_size": 12}}]
+    return doc
+
+
+def test_shared_memory_output_goes_to_the_object_resolved_at_decode(
+    shm: SystemSharedMemoryRegistry, shm_key: Callable[[int], str]
+) -> None:
+    first, second = shm_key(64), shm_key(64)
+    shm.register("out", first, 0, 64)
+    request = decode(*body_of(_shm_output_doc("out")), shm=shm)
+    shm.unregister("out")  # another client re-registers the name for another object meanwhile
+    shm.register("out", second, 0, 64)
+    y = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    encode(request, {"y": y})
+    request.release()
+    with open("/dev/shm" + first, "rb") as handle:
+        assert handle.read(12) == y.tobytes()
+    with open("/dev/shm" + second, "rb") as handle:
+        assert handle.read(12) == bytes(12)
+
+
+def test_a_request_that_fails_after_resolving_outputs_lets_them_go(
+    shm: SystemSharedMemoryRegistry, shm_key: Callable[[int], str]
+) -> None:
+    shm.register("out", shm_key(64), 0, 64)
+    doc = _shm_output_doc("out")
+    doc["outputs"].append({"name": "z", "parameters": {"shared_memory_region": "nope", "shared_memory_byte_size": 8}})
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(SharedMemoryError, match="unknown shared memory region 'nope'"):
+        decode(*body_of(doc), shm=shm)
+    shm.unregister("out")  # nothing holds it: its descriptor closes now
+    assert len(os.listdir("/proc/self/fd")) == fds - 1
+
+
+def test_infinite_json_output_is_refused_and_nan_travels_as_null() -> None:
+    request = request_for([RequestedOutput("y", False)])
+    with pytest.raises(UnrepresentableOutputError, match="output 'y' holds an infinite value") as caught:
+        encode(request, {"y": np.array([1.0, -np.inf], dtype=np.float32)})
+    assert caught.value.http_status == 422
+    body, _ = encode(request, {"y": np.array([1.0, np.nan], dtype=np.float16)})
+    assert orjson.loads(body)["outputs"][0]["data"] == [1.0, None]
+    binary, _ = encode(request_for([RequestedOutput("y", True)]), {"y": np.array([np.inf], dtype=np.float32)})
+    assert binary.endswith(np.array([np.inf], dtype=np.float32).tobytes())
+
+
+def test_json_cap_applies_to_json_bodies_and_binary_headers_not_binary_data() -> None:
+    limits = RequestLimits(max_json_bytes=600)
+    specs = (TensorSpec("v", "float32", (-1,)),)
+    doc = {"inputs": [{"name": "v", "datatype": "FP32", "shape": [300], "data": [0.5] * 300}]}
+    with pytest.raises(RequestTooLargeError, match=r"JSON request body of .* over the limit of 600 bytes for JSON"):
+        decode(*body_of(doc), specs=specs, limits=limits)
+    doc = {"inputs": [{"name": "v", "datatype": "FP32", "shape": [1000], "parameters": {"binary_data_size": 4000}}]}
+    request = decode(*body_of(doc, bytes(4000)), specs=specs, limits=limits)  # 4 KB body, small header
+    assert request.inputs["v"].shape == (1000,)
+    doc["id"] = "x" * 600
+    with pytest.raises(RequestTooLargeError, match=r"the JSON header of the request of .* binary tensor extension"):
+        decode(*body_of(doc, bytes(4000)), specs=specs, limits=limits)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +332,8 @@ def test_large_json_data_decodes() -> None:
     specs = (TensorSpec("v", "float32", (-1,)),)
     doc = {"inputs": [{"name": "v", "datatype": "FP32", "shape": [values.size], "data": values}]}
     body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-    np.testing.assert_array_equal(decode(body, specs=specs).inputs["v"], values)
+    roomy = RequestLimits(max_json_bytes=LIMITS.max_request_bytes)
+    np.testing.assert_array_equal(decode(body, specs=specs, limits=roomy).inputs["v"], values)
 
 
 def test_uint64_json_data_keeps_values_past_2_to_the_63() -> None:

@@ -1,25 +1,32 @@
-"""System shared-memory registry against real POSIX shm objects under /dev/shm."""
+"""System shared-memory registry against real POSIX shm objects under /dev/shm: I/O, policy, caps."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import threading
 import uuid
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Iterator, List
 
+import numpy as np
 import pytest
 
-from edge_runtime.errors import SharedMemoryError
+from edge_runtime.config.runtime import SharedMemorySettings
+from edge_runtime.errors import ConfigError, SharedMemoryError
 from edge_runtime.server.shm import SystemSharedMemoryRegistry
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs POSIX shared memory in /dev/shm")
 
 MakeShm = Callable[..., str]
+OWN = SharedMemorySettings(allow_server_owned=True)  # the test's objects are owned by the test's (server's) user
+OTHER_UID, OTHER_GID = 64000, 64001  # need no /etc/passwd entry
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give an shm object to another uid")
 
 
 @pytest.fixture()
 def registry() -> Iterator[SystemSharedMemoryRegistry]:
-    with SystemSharedMemoryRegistry() as reg:
+    with SystemSharedMemoryRegistry(OWN) as reg:
         yield reg
 
 
@@ -31,12 +38,25 @@ def _read(key: str, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def test_view_reads_and_writes_the_object(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _give_away(key: str, mode: int, uid: int = OTHER_UID, gid: int = OTHER_GID) -> None:
+    os.chown("/dev/shm" + key, uid, gid)
+    os.chmod("/dev/shm" + key, mode)
+
+
+def test_read_copies_and_write_lands_in_the_object(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
     key = make_shm(64, bytes(range(64)))
     registry.register("r", key, 0, 64)
-    view = registry.view("r", 10, 4)
-    assert bytes(view) == bytes([10, 11, 12, 13])
-    view[:] = b"WXYZ"
+    data = registry.read("r", 10, 4)
+    assert bytes(data) == bytes([10, 11, 12, 13])
+    data[0] = 99  # a private copy: the object is unchanged
+    assert _read(key, 10, 1) == bytes([10])
+    region = registry.acquire("r", 10, 4)
+    region.write(10, memoryview(b"WXYZ"))
+    region.release()
     assert _read(key, 8, 8) == bytes([8, 9]) + b"WXYZ" + bytes([14, 15])
 
 
@@ -44,8 +64,8 @@ def test_region_offset_need_not_be_page_aligned(registry: SystemSharedMemoryRegi
     content = bytes(index % 251 for index in range(3 * 4096))
     key = make_shm(len(content), content)
     registry.register("r", key, 4100, 100)
-    assert bytes(registry.view("r", 0, 100)) == content[4100:4200]
-    assert bytes(registry.view("r", 90, 10)) == content[4190:4200]
+    assert bytes(registry.read("r", 0, 100)) == content[4100:4200]
+    assert bytes(registry.read("r", 90, 10)) == content[4190:4200]
 
 
 def test_key_without_leading_slash_names_the_same_object(
@@ -53,7 +73,7 @@ def test_key_without_leading_slash_names_the_same_object(
 ) -> None:
     key = make_shm(16, b"abc")
     registry.register("r", key[1:], 0, 16)
-    assert bytes(registry.view("r", 0, 3)) == b"abc"
+    assert bytes(registry.read("r", 0, 3)) == b"abc"
     assert registry.status("r") == [{"name": "r", "key": key[1:], "offset": 0, "byte_size": 16}]
 
 
@@ -141,23 +161,25 @@ def test_directory_key_is_refused(registry: SystemSharedMemoryRegistry) -> None:
         (0, -4, "byte_size must be an integer >= 0"),
     ],
 )
-def test_view_outside_the_region_is_refused(
+def test_access_outside_the_region_is_refused(
     registry: SystemSharedMemoryRegistry, make_shm: MakeShm, offset: int, byte_size: int, match: str
 ) -> None:
     registry.register("r", make_shm(4096), 0, 100)
     with pytest.raises(SharedMemoryError, match=match):
-        registry.view("r", offset, byte_size)
+        registry.read("r", offset, byte_size)
+    with pytest.raises(SharedMemoryError, match=match):
+        registry.acquire("r", offset, byte_size)
 
 
-def test_view_of_unknown_region_is_refused(registry: SystemSharedMemoryRegistry) -> None:
+def test_unknown_region_is_refused(registry: SystemSharedMemoryRegistry) -> None:
     with pytest.raises(SharedMemoryError, match="unknown shared memory region 'nope'"):
-        registry.view("nope", 0, 1)
+        registry.read("nope", 0, 1)
 
 
-def test_view_at_the_very_end_is_allowed(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
+def test_read_at_the_very_end_is_allowed(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
     registry.register("r", make_shm(100, bytes(range(100))), 0, 100)
-    assert bytes(registry.view("r", 96, 4)) == bytes([96, 97, 98, 99])
-    assert bytes(registry.view("r", 100, 0)) == b""
+    assert bytes(registry.read("r", 96, 4)) == bytes([96, 97, 98, 99])
+    assert bytes(registry.read("r", 100, 0)) == b""
 
 
 def test_unregister_one_all_and_unknown(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
@@ -169,26 +191,42 @@ def test_unregister_one_all_and_unknown(registry: SystemSharedMemoryRegistry, ma
     registry.unregister()
     assert registry.status() == []
     with pytest.raises(SharedMemoryError, match="unknown shared memory region 'a'"):
-        registry.view("a", 0, 1)
+        registry.read("a", 0, 1)
 
 
-def test_unregister_while_a_view_is_exported(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
-    key = make_shm(32, b"0123456789")
-    registry.register("r", key, 0, 32)
-    view = registry.view("r", 0, 10)
-    registry.unregister("r")  # mmap.close() would raise BufferError here: must not escape
-    assert registry.status() == []
-    assert bytes(view) == b"0123456789"  # still mapped for whoever holds the view
-    view[0:1] = b"X"
-    assert _read(key, 0, 1) == b"X"
-    view.release()
-    registry.register("r", key, 0, 32)  # the name is free again
-    assert bytes(registry.view("r", 0, 2)) == b"X1"
+def test_each_region_holds_one_descriptor_closed_by_unregister(
+    registry: SystemSharedMemoryRegistry, make_shm: MakeShm
+) -> None:
+    keys = [make_shm() for _ in range(5)]
+    before = _open_fds()
+    for index, key in enumerate(keys):
+        registry.register(f"r{index}", key, 0, 8)
+    assert _open_fds() == before + 5
+    registry.unregister()
+    assert _open_fds() == before
+
+
+def test_a_held_region_outlives_unregister_until_released(
+    registry: SystemSharedMemoryRegistry, make_shm: MakeShm
+) -> None:
+    first, second = make_shm(32), make_shm(32)
+    registry.register("r", first, 0, 32)
+    before = _open_fds()
+    held = registry.acquire("r", 0, 4)
+    registry.unregister("r")
+    registry.register("r", second, 0, 32)  # the name now names another object
+    held.write(0, memoryview(b"ABCD"))  # still the object the holder resolved
+    assert _read(first, 0, 4) == b"ABCD" and _read(second, 0, 4) == bytes(4)
+    assert _open_fds() == before + 1  # the new registration's descriptor; the old one is still open
+    held.release()
+    assert _open_fds() == before  # the old descriptor closed with its last holder
+    with pytest.raises(SharedMemoryError, match="was unregistered"):
+        held.acquire()
 
 
 def test_close_keeps_the_clients_objects(make_shm: MakeShm) -> None:
     key = make_shm(16)
-    registry = SystemSharedMemoryRegistry()
+    registry = SystemSharedMemoryRegistry(OWN)
     registry.register("r", key, 0, 16)
     registry.close()
     assert registry.status() == []
@@ -225,3 +263,167 @@ def test_concurrent_registration_of_one_name_lets_exactly_one_win(
 def test_empty_region_name_is_refused(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
     with pytest.raises(SharedMemoryError, match="region name must be a non-empty string"):
         registry.register("", make_shm(), 0, 1)
+
+
+# --- an object that shrinks or cannot be written: an error, never SIGBUS --------------------
+
+
+def test_read_of_a_truncated_object_is_an_error(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
+    key = make_shm(8192, b"x" * 8192)
+    registry.register("r", key, 0, 8192)
+    os.truncate("/dev/shm" + key, 100)  # the client shrinks its object after registering it
+    assert bytes(registry.read("r", 0, 100)) == b"x" * 100
+    with pytest.raises(SharedMemoryError, match=r"region 'r': its object .* ends before the 200 bytes at offset 0"):
+        registry.read("r", 0, 200)
+    os.truncate("/dev/shm" + key, 0)
+    with pytest.raises(SharedMemoryError, match="truncated after registration"):
+        registry.read("r", 4096, 4096)
+
+
+def test_write_to_a_truncated_object_is_an_error_and_does_not_grow_it(
+    registry: SystemSharedMemoryRegistry, make_shm: MakeShm
+) -> None:
+    key = make_shm(8192)
+    registry.register("r", key, 0, 8192)
+    os.truncate("/dev/shm" + key, 0)
+    region = registry.acquire("r", 0, 8192)
+    try:
+        with pytest.raises(SharedMemoryError, match=r"region 'r': its object .* is now 0 bytes"):
+            region.write(4096, memoryview(bytes(16)))
+    finally:
+        region.release()
+    assert os.path.getsize("/dev/shm" + key) == 0
+
+
+def test_partial_reads_and_writes_are_completed(
+    registry: SystemSharedMemoryRegistry, make_shm: MakeShm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = bytes(range(200))
+    key = make_shm(256, content)
+    registry.register("r", key, 0, 256)
+    real_preadv, real_pwrite = os.preadv, os.pwrite
+
+    def preadv(fd: int, buffers: List[Any], offset: int) -> int:
+        return real_preadv(fd, [memoryview(buffers[0])[:7]], offset)  # at most 7 bytes a call
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, bytes(data[:5]), offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    assert bytes(registry.read("r", 3, 150)) == content[3:153]
+    region = registry.acquire("r", 0, 256)
+    region.write(10, memoryview(b"0123456789abcdefghij"))
+    region.release()
+    assert _read(key, 10, 20) == b"0123456789abcdefghij"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_failing_write_is_an_error_naming_the_region(
+    registry: SystemSharedMemoryRegistry, make_shm: MakeShm, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    registry.register("r", make_shm(64), 0, 64)
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    region = registry.acquire("r", 0, 64)
+    try:
+        with pytest.raises(SharedMemoryError, match=f"region 'r': write failed: {os.strerror(code)}"):
+            region.write(0, memoryview(bytes(8)))
+    finally:
+        region.release()
+
+
+# --- caps -------------------------------------------------------------------------------------
+
+
+def test_region_count_is_capped_and_a_refused_registration_costs_no_descriptor(make_shm: MakeShm) -> None:
+    keys = [make_shm() for _ in range(3)]
+    with SystemSharedMemoryRegistry(dataclasses.replace(OWN, max_regions=2)) as registry:
+        registry.register("a", keys[0], 0, 8)
+        registry.register("b", keys[1], 0, 8)
+        before = _open_fds()
+        for _ in range(50):
+            with pytest.raises(SharedMemoryError, match=r"2 regions are registered, the limit .shared_memory.max_reg"):
+                registry.register("c", keys[2], 0, 8)
+        assert _open_fds() == before
+        registry.unregister("a")
+        registry.register("c", keys[2], 0, 8)
+
+
+def test_registered_bytes_are_capped(make_shm: MakeShm) -> None:
+    keys = [make_shm(4096) for _ in range(3)]
+    with SystemSharedMemoryRegistry(dataclasses.replace(OWN, max_total_bytes=6000)) as registry:
+        registry.register("a", keys[0], 0, 4096)
+        with pytest.raises(SharedMemoryError, match="4096 more bytes would pass the limit of 6000 registered bytes"):
+            registry.register("b", keys[1], 0, 4096)
+        registry.register("b", keys[1], 0, 1904)
+        registry.unregister()
+        registry.register("c", keys[2], 0, 4096)
+
+
+def test_disabled_extension_registers_nothing(make_shm: MakeShm) -> None:
+    with SystemSharedMemoryRegistry(SharedMemorySettings(enabled=False, allow_server_owned=True)) as registry:
+        with pytest.raises(SharedMemoryError, match="system shared memory is not supported: it is disabled"):
+            registry.register("r", make_shm(), 0, 8)
+        assert registry.status() == []
+        with pytest.raises(SharedMemoryError, match="disabled"):
+            registry.read("r", 0, 8)
+
+
+# --- who may register what ------------------------------------------------------------------
+
+
+def test_an_object_of_the_servers_own_user_is_refused_by_default(make_shm: MakeShm) -> None:
+    with SystemSharedMemoryRegistry() as registry:
+        with pytest.raises(SharedMemoryError, match=r"is owned by the server's own user.*allow_server_owned is false"):
+            registry.register("r", make_shm(), 0, 8)
+        assert registry.status() == []
+
+
+def test_key_prefixes_limit_what_may_be_registered(make_shm: MakeShm) -> None:
+    key = make_shm()
+    registry = SystemSharedMemoryRegistry(dataclasses.replace(OWN, key_prefixes=("/app-",)))
+    with registry, pytest.raises(SharedMemoryError, match=r"does not start with an allowed prefix \(/app-; shared_"):
+        registry.register("r", key, 0, 8)
+    with SystemSharedMemoryRegistry(dataclasses.replace(OWN, key_prefixes=("/app-", key[:12]))) as registry:
+        registry.register("r", key[1:], 0, 8)  # the prefix applies to the key with its leading '/'
+
+
+@needs_root
+def test_an_object_its_owner_does_not_share_is_refused(make_shm: MakeShm) -> None:
+    key = make_shm()
+    _give_away(key, 0o600)  # root could open it: the kernel would not stop the server
+    with SystemSharedMemoryRegistry() as registry:
+        with pytest.raises(SharedMemoryError, match=r"is private to its owner \(mode 0600\)"):
+            registry.register("r", key, 0, 8)
+        _give_away(key, 0o660)
+        registry.register("r", key, 0, 8)
+
+
+@needs_root
+def test_allowed_owners_limit_whose_objects_may_be_registered(make_shm: MakeShm) -> None:
+    key = make_shm()
+    _give_away(key, 0o660)
+    registry = SystemSharedMemoryRegistry(SharedMemorySettings(allowed_owners=(OTHER_UID + 5,)))
+    with registry, pytest.raises(SharedMemoryError, match=rf"owner .uid {OTHER_UID}. is not in shared_memory.allowed"):
+        registry.register("r", key, 0, 8)
+    with SystemSharedMemoryRegistry(SharedMemorySettings(allowed_owners=(OTHER_UID,))) as registry:
+        registry.register("r", key, 0, 8)
+    registry = SystemSharedMemoryRegistry(SharedMemorySettings(allowed_owners=("root",)))
+    with registry, pytest.raises(SharedMemoryError, match=r"not in shared_memory.allowed_owners"):
+        registry.register("r", key, 0, 8)
+
+
+def test_allowed_owner_names_must_exist() -> None:
+    with pytest.raises(ConfigError, match=r"shared_memory.allowed_owners: no user named 'no-such-user-x'"):
+        SystemSharedMemoryRegistry(SharedMemorySettings(allowed_owners=("no-such-user-x",)))
+
+
+def test_a_copy_is_read_whatever_the_dtype_later_needs(registry: SystemSharedMemoryRegistry, make_shm: MakeShm) -> None:
+    values = np.arange(4, dtype=np.float32)
+    registry.register("r", make_shm(64, values.tobytes()), 0, 64)
+    data = registry.read("r", 0, 16)
+    np.testing.assert_array_equal(np.frombuffer(data, dtype=np.float32), values)

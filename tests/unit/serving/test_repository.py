@@ -31,7 +31,7 @@ def test_fake_model_lifecycle(repository: ModelRepository) -> None:
     repository.load("echo")
     model = repository.get("echo", "1")
     assert model.infer({"INPUT0": np.ones((2, 16), np.float32)})["OUTPUT0"].shape == (2, 16)
-    with pytest.raises(ModelNotFoundError, match="no version '2'"):
+    with pytest.raises(ModelNotFoundError, match="'echo' version 2 is not found"):
         repository.get("echo", "2")
     repository.unload("echo")
     assert repository.index() == [{"name": "echo", "version": "1", "state": "UNAVAILABLE", "reason": "not loaded"}]

@@ -1,0 +1,90 @@
+"""The composition root of ``edge-runtime serve``: settings → repository → app → transport.
+
+The one place that knows every piece: the HTTP layer (``server/``) never builds the model layer,
+and the coming pieces (telemetry collectors, the fleet agent's hooks) are wired here too.
+Start-up checks that can refuse (a non-loopback bind without restrictions, a missing secret)
+run before any model is loaded, so a wrong setting fails in a second with one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from edge_runtime.backends.base import Backend
+from edge_runtime.backends.fake import FakeBackend
+from edge_runtime.bundle.signing import load_public_key
+from edge_runtime.config import RuntimeSettings, load_device_config
+from edge_runtime.errors import BackendUnavailableError, ConfigError
+from edge_runtime.serving.repository import ModelRepository
+
+FakeModel = Tuple[str, Callable[[], Backend]]
+
+
+def parse_fake(spec: str) -> FakeModel:
+    """``NAME`` or ``NAME:delay_ms=200,scale=2,offset=1,fail=0``: a fake model and its backend factory."""
+    name, _, options = spec.partition(":")
+    if not name:
+        raise ConfigError(f"--fake {spec!r}: expected NAME[:delay_ms=N,scale=X,offset=X,fail=0|1]")
+    kwargs: Dict[str, Any] = {}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        try:
+            if key == "delay_ms":
+                kwargs["delay_s"] = float(value) / 1000.0
+            elif key in ("scale", "offset"):
+                kwargs[key] = float(value)
+            elif key == "fail":
+                kwargs[key] = value.lower() in ("1", "true", "yes")
+            else:
+                raise ConfigError(f"--fake {spec!r}: unknown option {key!r} (delay_ms, scale, offset, fail)")
+        except ValueError as exc:
+            raise ConfigError(f"--fake {spec!r}: {key}: expected a number, got {value!r}") from exc
+    return name, functools.partial(FakeBackend, **kwargs)
+
+
+def build_repository(settings: RuntimeSettings, repository_dir: Optional[Path],
+                     fakes: Sequence[FakeModel] = ()) -> ModelRepository:
+    """The repository described by ``settings`` over ``repository_dir``, plus fake models."""
+    device = load_device_config(settings.resolve(settings.device_config))
+    keys = [load_public_key(settings.resolve(path)) for path in settings.trusted_keys]
+    repository = ModelRepository(repository_dir, settings, device, keys)
+    for name, factory in fakes:
+        repository.add_fake(name, factory)
+    return repository
+
+
+def run(settings: RuntimeSettings, repository_dir: Optional[Path], host: str, port: int,
+        fakes: Sequence[str] = ()) -> int:
+    """Check, build, load, serve until SIGTERM/SIGINT, close; returns the exit status."""
+    try:
+        from edge_runtime.server.app import EXTENSION_KEY, create_app
+        from edge_runtime.server.restricted import check_remote_binding, load_restrictions
+        from edge_runtime.server.serve import serve
+    except ImportError as exc:
+        raise BackendUnavailableError.missing_module(exc.name or "flask", "server") from exc
+
+    check_remote_binding(settings, host)
+    restrictions = load_restrictions(settings)
+    fake_models = [parse_fake(spec) for spec in fakes]
+    repository = build_repository(settings, repository_dir, fake_models)
+    try:
+        if settings.load_models_at_start:
+            repository.load_all()
+        app = create_app(settings, repository, restrictions)
+        context = app.extensions[EXTENSION_KEY]
+        try:
+            status = serve(app, settings, host, port, summary=lambda: _summary(repository),
+                           on_stop=context.draining.set)
+        finally:
+            context.shm.close()
+    finally:
+        repository.close()
+    print("edge-runtime: stopped", file=sys.stderr, flush=True)
+    return status
+
+
+def _summary(repository: ModelRepository) -> str:
+    return "; ".join(f"{e['name']} v{e['version']}: {e['state']}" for e in repository.index())

@@ -1,0 +1,112 @@
+"""The active-version pointer of one model: ``<repository>/<model>/active.json``.
+
+It holds ``{"active": "3", "last_good": "2"}``: the version that serves, and the one that served
+before it (the fallback when the active one fails to load). Only an explicit act writes it: an
+operator's load request or ``edge-runtime activate``, or the fleet agent after its health gate
+(through :meth:`ModelRepository.promote`). It is written atomically (temp file, fsync, rename,
+fsync dir), so a reader sees the old pointer or the new one, never half.
+
+A pointer that cannot be read or does not validate (not JSON, wrong keys, not a version number,
+not a regular file) raises :class:`PointerError`; the repository logs it, shows it in the index
+and serves as if there were no pointer (the highest version that verifies and loads): every
+version on disk is a signed bundle, and whoever could corrupt the pointer could also delete it.
+The pointer is never rewritten to repair it: that stays an explicit act.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from edge_runtime.atomic_io import write_bytes_atomic
+from edge_runtime.bundle.verify import NotARegularFile, open_regular
+from edge_runtime.errors import EdgeRuntimeError
+
+POINTER_NAME = "active.json"
+MAX_POINTER_BYTES = 4096
+# ASCII digits only: '²' passes str.isdigit() and then fails int().
+_VERSION = re.compile(r"[0-9]{1,18}")
+
+
+class PointerError(EdgeRuntimeError):
+    """The active-version pointer is unreadable or invalid (the repository serves without it)."""
+
+    http_status = 500
+
+
+def is_version_name(name: str) -> bool:
+    """True for a version directory name: ASCII digits (at most 18, so it fits an int64)."""
+    return _VERSION.fullmatch(name) is not None
+
+
+def version_key(name: str) -> Tuple[int, str]:
+    """Sort key of version names: numeric, ties ('1' and '01') by text."""
+    return int(name), name
+
+
+def sorted_versions(names: List[str]) -> List[str]:
+    """The version names among ``names``, lowest first."""
+    return sorted((n for n in names if is_version_name(n)), key=version_key)
+
+
+@dataclass(frozen=True)
+class ActiveVersion:
+    """What a model serves (``active``) and what it falls back to (``last_good``)."""
+
+    active: str
+    last_good: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for key in ("active", "last_good"):
+            value = getattr(self, key)
+            if value is None and key == "last_good":
+                continue
+            if not isinstance(value, str) or not is_version_name(value):
+                raise PointerError(f"{POINTER_NAME}: '{key}' must be a version number as a string, got {value!r}")
+
+    def to_json(self) -> bytes:
+        """The file's bytes."""
+        return (json.dumps({"active": self.active, "last_good": self.last_good}, sort_keys=True) + "\n").encode()
+
+
+def read_pointer(model_dir: Path) -> Optional[ActiveVersion]:
+    """The model's pointer; None when there is none; PointerError when it cannot be trusted."""
+    path = model_dir / POINTER_NAME
+    try:
+        fd = open_regular(path)  # never blocks on a FIFO, never follows a link
+    except FileNotFoundError:
+        return None
+    except NotARegularFile as exc:
+        raise PointerError(f"{POINTER_NAME}: {exc}") from None
+    except OSError as exc:
+        raise PointerError(f"{POINTER_NAME}: cannot read ({exc.strerror or exc})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_POINTER_BYTES + 1)
+    if len(data) > MAX_POINTER_BYTES:
+        raise PointerError(f"{POINTER_NAME}: larger than {MAX_POINTER_BYTES} bytes")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PointerError(f"{POINTER_NAME}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or set(document) - {"active", "last_good"} or "active" not in document:
+        raise PointerError(f"{POINTER_NAME}: expected {{\"active\": \"N\", \"last_good\": \"M\" or null}}")
+    return ActiveVersion(document["active"], document.get("last_good"))
+
+
+def next_pointer(current: Optional[ActiveVersion], version: str, serving: Optional[str] = None) -> ActiveVersion:
+    """The pointer after ``version`` is made active: the version that served (or was active) becomes last good."""
+    last_good: Optional[str] = None
+    if serving is not None and serving != version:
+        last_good = serving  # it served until now
+    elif current is not None:
+        last_good = current.active if current.active != version else current.last_good
+    return ActiveVersion(version, None if last_good == version else last_good)
+
+
+def write_pointer(model_dir: Path, pointer: ActiveVersion) -> None:
+    """Replace the model's pointer atomically (OutputError when the directory cannot be written)."""
+    write_bytes_atomic(model_dir / POINTER_NAME, pointer.to_json())

@@ -1,0 +1,58 @@
+"""The device's ``memory_budget_mb`` across loaded models: refuse a model that would not fit.
+
+A bundle may record what its model needs (``manifest.metadata["memory_mb"]``, written by the
+export); then a model that would not fit is refused before anything is loaded. Otherwise the
+model's resident memory is measured while it loads (the process' RSS before and after, from
+``/proc/self/statm``; psutil is not a runtime dependency), and a model that does not fit is
+unloaded and refused. Loads are serialized by the repository, but inference in other models
+moves RSS too: a measurement is an estimate, not an accounting. Where ``/proc`` is absent
+(not Linux), unrecorded models are not measured.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from edge_runtime.bundle.verify import VerifiedBundle
+from edge_runtime.errors import EdgeRuntimeError
+
+METADATA_KEY = "memory_mb"
+_STATM = "/proc/self/statm"
+
+
+class MemoryBudgetError(EdgeRuntimeError):
+    """Loading the model would take the loaded models past the device's memory budget."""
+
+    http_status = 409
+
+
+def recorded_mb(bundle: Optional[VerifiedBundle]) -> Optional[float]:
+    """The memory the bundle says its model needs, if it says so."""
+    if bundle is None:
+        return None
+    value = bundle.manifest.metadata.get(METADATA_KEY)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return float(value)
+
+
+def resident_mb() -> Optional[float]:
+    """This process' resident memory in MiB, or None where /proc is not there."""
+    try:
+        with open(_STATM, "rb") as handle:
+            pages = int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def check_fits(label: str, needed_mb: float, used_mb: float, budget_mb: int, measured: bool) -> None:
+    """MemoryBudgetError unless ``used + needed`` stays within ``budget``."""
+    if used_mb + needed_mb <= budget_mb:
+        return
+    how = "measured while loading" if measured else "recorded in the bundle"
+    raise MemoryBudgetError(
+        f"{label} needs {needed_mb:.0f} MiB ({how}); the loaded models use {used_mb:.0f} MiB "
+        f"of the device's memory_budget_mb {budget_mb}"
+    )
