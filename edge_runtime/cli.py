@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, TextIO
 
-from edge_runtime.bundle.manifest import Manifest, TargetInfo
-from edge_runtime.bundle.signing import generate_keypair, key_id, load_public_key
-from edge_runtime.bundle.verify import verify_bundle
-from edge_runtime.errors import ConfigError, EdgeRuntimeError
+# On Python 3.8 (JetPack 5) cryptography warns at import that its 3.8 support is deprecated: two
+# lines on stderr on every run, where a user's error is one line. Only that warning, and only in the
+# CLI (library users still see it). Its category, cryptography.utils.CryptographyDeprecationWarning
+# (a UserWarning), cannot be named here: importing it is what warns.
+warnings.filterwarnings(
+    "ignore",
+    message=r"Python 3\.8 is no longer supported by the Python core team and support for it is deprecated in "
+    r"cryptography",
+    category=UserWarning,
+)
+
+from edge_runtime.bundle.manifest import Manifest, TargetInfo  # noqa: E402  (after the filter above)
+from edge_runtime.bundle.signing import generate_keypair, key_id, load_public_key  # noqa: E402
+from edge_runtime.bundle.verify import verify_bundle  # noqa: E402
+from edge_runtime.errors import ConfigError, EdgeRuntimeError  # noqa: E402
 
 PROG = "edge-runtime"
 

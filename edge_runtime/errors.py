@@ -17,6 +17,8 @@ so that the cause is kept for logs but never shown to a client as a traceback.
     ├── KeyFileError (400)                a signing/public key file is unreadable or wrong
     ├── BackendUnavailableError (503)     an optional dependency (pip extra) is missing
     ├── FingerprintMismatchError (409)    an engine was built for another GPU / TensorRT / JetPack
+    ├── MemoryBudgetError (409)           a model would take the loaded models past memory_budget_mb
+    ├── PointerError (500)                a model's active-version pointer is unreadable, invalid or unwritable
     ├── InferenceError (500)              a backend failed while running a valid request
     ├── RequestError (400)                a client's request is malformed or does not fit the model
     │   ├── RequestTooLargeError (413)    body over the configured cap
@@ -92,6 +94,21 @@ class FingerprintMismatchError(EdgeRuntimeError):
     """An engine's target fingerprint does not match this host."""
 
     http_status = 409
+
+
+class MemoryBudgetError(EdgeRuntimeError):
+    """Loading the model would take the loaded models past the device's memory budget."""
+
+    http_status = 409
+
+
+class PointerError(EdgeRuntimeError):
+    """A model's active-version pointer cannot be read, trusted or written (the server's fault, not the client's).
+
+    At start the repository serves as if there were no pointer; an explicit act that cannot write it fails.
+    """
+
+    http_status = 500
 
 
 class InferenceError(EdgeRuntimeError):

@@ -4,11 +4,11 @@ An ONNX tensor may keep its values in another file (``data_location: EXTERNAL``,
 ``location`` key). ONNX Runtime 1.19 (the Python 3.8 stack) opens such a location even from a
 model loaded from bytes: an absolute path, or one relative to the working directory, whose bytes
 no signature covered. So the runtime reads the references itself before ONNX Runtime sees the
-model: a graph initializer whose location is a file the manifest lists gets its values from that
-file's verified bytes (:meth:`VerifiedBundle.read_verified`), handed to ONNX Runtime with
+model: a graph initializer whose location is a file the manifest lists with the kind ``onnx_data``
+gets its values from that file's verified bytes (:meth:`VerifiedBundle.read_verified`), handed to ONNX Runtime with
 ``SessionOptions.add_external_initializers`` (present in 1.19 and 1.32), so ONNX Runtime opens
-no file. Any other external reference (an unlisted or escaping path, or one inside a subgraph, a
-node attribute or a sparse tensor) is refused, naming the tensor.
+no file. Any other external reference (an unlisted or escaping path, a file listed with another
+kind, or one inside a subgraph, a node attribute or a sparse tensor) is refused, naming the tensor.
 
 The protobuf wire format is walked by hand here because ``onnx`` is not a runtime dependency;
 only the few fields on the way to a tensor are read (field numbers from onnx.proto).
@@ -21,6 +21,7 @@ from typing import Dict, Iterator, List, Tuple, Union
 
 import numpy as np
 
+from edge_runtime.bundle.manifest import ONNX_DATA
 from edge_runtime.bundle.verify import VerifiedBundle
 from edge_runtime.errors import BundleError
 
@@ -54,6 +55,9 @@ def external_initializers(model: bytes, bundle: VerifiedBundle) -> Tuple[List[st
         if location not in listed:
             raise BundleError(f"initializer '{tensor.name}' takes its values from '{location}', which is not a file "
                               "listed in the bundle's manifest")
+        if listed[location].kind != ONNX_DATA:
+            raise BundleError(f"initializer '{tensor.name}' takes its values from '{location}', which the manifest "
+                              f"lists as kind '{listed[location].kind}', not '{ONNX_DATA}'")
         if location not in files:
             files[location] = bundle.read_verified(listed[location])
         names.append(tensor.name)

@@ -2,7 +2,7 @@
 
 A bundle is a directory holding ``manifest.json`` (what it contains, with the sha256 of every
 file), ``manifest.sig`` (an ed25519 signature over the manifest's exact bytes) and the listed
-artifacts (ONNX model, TensorRT engines, calibration caches, report). See DESIGN rule 6: a bundle
+artifacts (ONNX model and its external data, TensorRT engines, calibration caches, report). See DESIGN rule 6: a bundle
 is verified with :func:`verify_bundle` before anything inside it is parsed. Each target's engine
 carries a :class:`EngineFingerprint`, checked against the host's with :func:`match` before it loads.
 """
@@ -21,6 +21,7 @@ from edge_runtime.bundle.manifest import (
     ARTIFACT_KINDS,
     DTYPES,
     FORMAT_VERSION,
+    ONNX_DATA,
     Artifact,
     Manifest,
     TargetInfo,
@@ -37,8 +38,10 @@ from edge_runtime.bundle.signing import (
 from edge_runtime.bundle.verify import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    NotARegularFile,
     VerifiedBundle,
     open_bundle,
+    open_regular,
     sha256_file,
     verify_bundle,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "DTYPES",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "ONNX_DATA",
     "SIGNATURE_NAME",
     "Artifact",
     "ArtifactSpec",
@@ -56,6 +60,7 @@ __all__ = [
     "EngineFingerprint",
     "HostFingerprint",
     "Manifest",
+    "NotARegularFile",
     "TargetInfo",
     "TensorSpec",
     "VerifiedBundle",
@@ -68,6 +73,7 @@ __all__ = [
     "load_public_key",
     "match",
     "open_bundle",
+    "open_regular",
     "sha256_file",
     "sign_manifest",
     "verify_bundle",

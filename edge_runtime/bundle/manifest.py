@@ -9,6 +9,12 @@ one that :meth:`Manifest.from_json` would accept; every problem is a one-line
 ``manifest.json: artifacts[1].path: '../x' must stay inside the bundle``.
 Parsing is strict: unknown keys, missing keys, wrong JSON types (``true`` is not an int) and
 duplicate keys are errors, never ignored.
+
+Artifact kinds (:data:`ARTIFACT_KINDS`): ``onnx`` an ONNX model; ``onnx_data`` a file holding ONNX
+external data (tensor values an ONNX model keeps outside itself; a model may use only files listed
+with this kind, and such a file is never taken for a model); ``engine`` a TensorRT engine and
+``calib`` its calibration cache (both name their ``target``); ``report`` the export's report.
+The ``onnx_data`` kind is an addition within format 1: bundles without external data are unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from edge_runtime.config import BACKENDS, PRECISIONS
 from edge_runtime.errors import ManifestError
 
 FORMAT_VERSION = 1
-ARTIFACT_KINDS = ("onnx", "engine", "calib", "report")
+ONNX_DATA = "onnx_data"  # ONNX external data: weights, never a model
+ARTIFACT_KINDS = ("onnx", ONNX_DATA, "engine", "calib", "report")
 # numpy dtype names a tensor may have (the KServe v2 datatypes that numpy can represent).
 DTYPES = (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

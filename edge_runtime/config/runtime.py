@@ -195,7 +195,8 @@ def _check_restricted(src: str, where: str, rule: RestrictedApi) -> None:
             raise ConfigError(
                 f"{src}: {where}.groups[{index}]: expected one of {', '.join(RESTRICTABLE_GROUPS)}, got {group!r}"
             )
-    if not rule.header or not all(c.isalnum() or c in "-_" for c in rule.header):
-        raise ConfigError(f"{src}: {where}.header: expected a header name (letters, digits, - and _)")
+    if not rule.header or not all((c.isascii() and c.isalnum()) or c == "-" for c in rule.header):
+        # no '_': waitress drops header names holding one (their WSGI keys would collide with '-')
+        raise ConfigError(f"{src}: {where}.header: expected a header name (letters, digits and -), got {rule.header!r}")
     if (rule.value_file is None) == (rule.value_env is None):
         raise ConfigError(f"{src}: {where}: expected exactly one of value_file, value_env (the secret)")

@@ -10,7 +10,8 @@ from edge_runtime.server.responses import error_response, json_response
 
 blueprint = Blueprint("health", __name__)
 
-EXTENSIONS = ["binary_tensor_data", "system_shared_memory", "model_repository", "statistics"]
+EXTENSIONS = ("binary_tensor_data", "system_shared_memory", "model_repository", "statistics")
+SHARED_MEMORY_EXTENSION = "system_shared_memory"  # listed only while shared_memory.enabled
 
 
 @blueprint.get("/v2/health/live")
@@ -29,5 +30,7 @@ def ready() -> Response:
 
 @blueprint.get("/v2")
 def server_metadata() -> Response:
-    """KServe v2 server metadata."""
-    return json_response({"name": context().settings.server_name, "version": __version__, "extensions": EXTENSIONS})
+    """KServe v2 server metadata: the extensions listed are the ones this server answers."""
+    ctx = context()
+    extensions = [name for name in EXTENSIONS if name != SHARED_MEMORY_EXTENSION or ctx.shm.enabled]
+    return json_response({"name": ctx.settings.server_name, "version": __version__, "extensions": extensions})

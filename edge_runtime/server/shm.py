@@ -12,12 +12,10 @@ Touching such a page of a mapping raises SIGBUS, which kills the whole server; `
 short and ``pwrite`` fails with ENOSPC instead, which become a 400 naming the region. The price
 is one copy of each shared-memory input (into a fresh buffer the model reads) and of each output.
 
-Who may register what (docs/security.md): the server opens objects with its own uid (root
-bypasses permission checks), so a client could name an object it cannot open itself. The policy
-of :class:`SharedMemorySettings` is checked with ``fstat`` on the opened descriptor (no race with
-the path): allowed key prefixes, allowed owners, never an object the server's own user owns
-unless ``allow_server_owned``, and only objects their owner shares (a group or other permission
-bit set). Caps bound the regions (one descriptor each) and their total registered bytes.
+Who may register what (key prefixes, owners, sharing; docs/security.md) is
+:class:`~edge_runtime.server.shm_policy.SharedMemoryPolicy`, checked on the key before opening
+and with ``fstat`` on the opened descriptor. Caps bound the regions (one descriptor each) and
+their total registered bytes.
 
 Why not :mod:`multiprocessing.shared_memory`: before Python 3.13 its resource tracker unlinks
 every segment a process attaches to when the process exits, destroying the clients' segments.
@@ -28,19 +26,17 @@ world-writable: a planted symlink must not lead elsewhere), and only a regular f
 from __future__ import annotations
 
 import os
-import pwd
-import stat
 import threading
-from typing import Any, Dict, FrozenSet, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from edge_runtime.config.runtime import SharedMemorySettings
-from edge_runtime.errors import ConfigError, SharedMemoryError
+from edge_runtime.errors import SharedMemoryError
+from edge_runtime.server.shm_policy import SharedMemoryPolicy
 
 SHM_DIRECTORY = "/dev/shm"
 _OPEN_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_SHARED_BITS = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
 
 
 class Region:
@@ -139,8 +135,7 @@ class SystemSharedMemoryRegistry:
 
     def __init__(self, settings: Optional[SharedMemorySettings] = None, directory: str = SHM_DIRECTORY) -> None:
         self._settings = settings if settings is not None else SharedMemorySettings()
-        self._owners = _resolve_owners(self._settings)
-        self._server_uid = os.geteuid()
+        self._policy = SharedMemoryPolicy(self._settings)
         self._directory = directory
         self._regions: Dict[str, Region] = {}
         self._total_bytes = 0
@@ -159,7 +154,7 @@ class SystemSharedMemoryRegistry:
         path = self._path(key)
         _check_int(name, "offset", offset, minimum=0)
         _check_int(name, "byte_size", byte_size, minimum=1)
-        self._check_prefix(name, key)
+        self._policy.check_key(name, key)
         with self._lock:  # checked before opening (a flood must not cost descriptors) and again after
             self._check_caps(name, byte_size)
         fd = self._open(name, path, key, offset, byte_size)
@@ -247,15 +242,6 @@ class SystemSharedMemoryRegistry:
                 f"registered bytes (shared_memory.max_total_bytes; {self._total_bytes} registered)"
             )
 
-    def _check_prefix(self, name: str, key: str) -> None:
-        prefixes = self._settings.key_prefixes
-        slashed = key if key.startswith("/") else "/" + key
-        if prefixes and not any(slashed.startswith(prefix) for prefix in prefixes):
-            raise SharedMemoryError(
-                f"shared memory region {name!r}: key {key!r} does not start with an allowed prefix "
-                f"({', '.join(prefixes)}; shared_memory.key_prefixes)"
-            )
-
     def _open(self, name: str, path: str, key: str, offset: int, byte_size: int) -> int:
         try:
             fd = os.open(path, _OPEN_FLAGS)
@@ -265,9 +251,7 @@ class SystemSharedMemoryRegistry:
             ) from exc
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise SharedMemoryError(f"shared memory region {name!r}: key {key!r} is not a shm object")
-            self._check_owner(name, key, info)
+            self._policy.check_object(name, key, info)
             if offset + byte_size > info.st_size:
                 raise SharedMemoryError(
                     f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is beyond "
@@ -278,23 +262,6 @@ class SystemSharedMemoryRegistry:
             raise
         return fd
 
-    def _check_owner(self, name: str, key: str, info: os.stat_result) -> None:
-        where = f"shared memory region {name!r}: key {key!r}"
-        if info.st_uid == self._server_uid:
-            if not self._settings.allow_server_owned:
-                raise SharedMemoryError(
-                    f"{where} is owned by the server's own user, which clients may not register "
-                    "(shared_memory.allow_server_owned is false; see docs/security.md)"
-                )
-            return
-        if self._owners and info.st_uid not in self._owners:
-            raise SharedMemoryError(f"{where}: its owner (uid {info.st_uid}) is not in shared_memory.allowed_owners")
-        if not info.st_mode & _SHARED_BITS:
-            raise SharedMemoryError(
-                f"{where} is private to its owner (mode {stat.S_IMODE(info.st_mode):04o}): an app shares it "
-                "with the runtime by making it 0660 with the runtime's group (docs/security.md)"
-            )
-
     def _path(self, key: Any) -> str:
         bare = key[1:] if isinstance(key, str) and key.startswith("/") else key
         if not isinstance(bare, str) or not bare or "/" in bare or ".." in bare or "\x00" in bare:
@@ -302,19 +269,6 @@ class SystemSharedMemoryRegistry:
                 f"invalid shared memory key {key!r}: expected '/name' (no other '/', no '..')"
             )
         return os.path.join(self._directory, bare)
-
-
-def _resolve_owners(settings: SharedMemorySettings) -> FrozenSet[int]:
-    uids = set()
-    for owner in settings.allowed_owners:
-        if isinstance(owner, int):
-            uids.add(owner)
-            continue
-        try:
-            uids.add(pwd.getpwnam(owner).pw_uid)
-        except KeyError:
-            raise ConfigError(f"shared_memory.allowed_owners: no user named {owner!r} on this system") from None
-    return frozenset(uids)
 
 
 def _check_int(name: str, field: str, value: Any, minimum: int) -> None:

@@ -160,6 +160,7 @@ def create_server(app: WsgiApp, settings: RuntimeSettings, host: str, port: int,
         max_request_header_size=http.max_header_bytes, max_request_body_size=body_cap + 1,
         inbuf_overflow=body_cap + 1, outbuf_overflow=body_cap + 1, recv_bytes=RECV_BYTES,
         asyncore_use_poll=True, ident="edge-runtime",
+        log_socket_errors=False,  # a client resetting connections must not grow the log with tracebacks
     )
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)

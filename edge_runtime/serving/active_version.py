@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from edge_runtime.atomic_io import write_bytes_atomic
-from edge_runtime.bundle.verify import NotARegularFile, open_regular
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.bundle import NotARegularFile, open_regular
+from edge_runtime.errors import PointerError
 
 POINTER_NAME = "active.json"
 MAX_POINTER_BYTES = 4096
@@ -32,10 +32,10 @@ MAX_POINTER_BYTES = 4096
 _VERSION = re.compile(r"[0-9]{1,18}")
 
 
-class PointerError(EdgeRuntimeError):
-    """The active-version pointer is unreadable or invalid (the repository serves without it)."""
-
-    http_status = 500
+__all__ = [
+    "MAX_POINTER_BYTES", "POINTER_NAME", "ActiveVersion", "PointerError", "is_version_name", "next_pointer",
+    "read_pointer", "record_active", "sorted_versions", "startup_versions", "version_key", "write_pointer",
+]
 
 
 def is_version_name(name: str) -> bool:
@@ -110,3 +110,34 @@ def next_pointer(current: Optional[ActiveVersion], version: str, serving: Option
 def write_pointer(model_dir: Path, pointer: ActiveVersion) -> None:
     """Replace the model's pointer atomically (OutputError when the directory cannot be written)."""
     write_bytes_atomic(model_dir / POINTER_NAME, pointer.to_json())
+
+
+def record_active(model_dir: Path, version: str, serving: Optional[str]) -> ActiveVersion:
+    """Write the pointer that makes ``version`` active (an explicit act); an invalid old pointer is replaced.
+
+    OutputError when the directory cannot be written.
+    """
+    try:
+        current = read_pointer(model_dir)
+    except PointerError:
+        current = None  # logged at start; an explicit act replaces it
+    pointer = next_pointer(current, version, serving)
+    write_pointer(model_dir, pointer)
+    return pointer
+
+
+def startup_versions(model_dir: Optional[Path], on_disk: List[str]) -> Tuple[List[str], str]:
+    """Versions to try at start, in order, and a note for the index.
+
+    The pointer's active version then its last good one; with no pointer (or no ``model_dir``: a fake
+    model), every version on disk, highest first. An invalid pointer is ignored, and the note says why.
+    """
+    try:
+        pointer = None if model_dir is None else read_pointer(model_dir)
+    except PointerError as exc:
+        return list(reversed(on_disk)), f"{exc}: ignored, serving the highest version that loads"
+    if pointer is None:
+        return list(reversed(on_disk)), ""
+    if pointer.last_good is not None and pointer.last_good != pointer.active:
+        return [pointer.active, pointer.last_good], ""
+    return [pointer.active], ""

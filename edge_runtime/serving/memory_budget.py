@@ -15,16 +15,36 @@ import os
 from typing import Optional
 
 from edge_runtime.bundle.verify import VerifiedBundle
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import MemoryBudgetError
+from edge_runtime.serving.model import ServedModel
 
 METADATA_KEY = "memory_mb"
 _STATM = "/proc/self/statm"
 
 
-class MemoryBudgetError(EdgeRuntimeError):
-    """Loading the model would take the loaded models past the device's memory budget."""
+__all__ = ["METADATA_KEY", "MemoryBudgetError", "check_fits", "recorded_mb", "resident_mb", "start_within_budget"]
 
-    http_status = 409
+
+def start_within_budget(model: ServedModel, label: str, used_mb: float, budget_mb: int,
+                        drain_timeout_s: float) -> None:
+    """Start ``model`` only if it fits: refused before loading when its bundle records its need, else measured.
+
+    Sets ``model.memory_mb``; a measured model that does not fit is stopped, and MemoryBudgetError raised.
+    """
+    recorded = recorded_mb(model.bundle)
+    if recorded is not None:
+        check_fits(label, recorded, used_mb, budget_mb, measured=False)
+    before = resident_mb()
+    model.start()
+    after = resident_mb()
+    measured = None if before is None or after is None else max(0.0, after - before)
+    model.memory_mb = recorded if recorded is not None else (measured or 0.0)
+    if recorded is None and measured is not None:
+        try:
+            check_fits(label, measured, used_mb, budget_mb, measured=True)
+        except MemoryBudgetError:
+            model.stop(drain_timeout_s)
+            raise
 
 
 def recorded_mb(bundle: Optional[VerifiedBundle]) -> Optional[float]:

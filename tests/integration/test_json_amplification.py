@@ -14,22 +14,16 @@ from pathlib import Path
 from typing import Any, Iterator, Tuple
 
 import pytest
-from runtime_support import RunningServer, start_server
+from runtime_support import RunningServer, start_server, write_runtime_config
 
 MB = 1024 * 1024
-JSON_CAP = 4 * MB  # limits.max_json_bytes (the default)
+JSON_CAP = 4 * MB  # limits.max_json_bytes raised from its 1 MiB default: the bound must hold at larger caps too
 
 
 @pytest.fixture()
 def fake_server(tmp_path: Path, keypair: Tuple[Path, Path], device_configs_dir: Path) -> Iterator[RunningServer]:
-    config = tmp_path / "runtime.yaml"
-    config.write_text(
-        f"device_config: {device_configs_dir / 'x86-cpu.yaml'}\n"
-        f"trusted_keys: [{keypair[1]}]\n"
-        "warmup_runs: 1\n"
-        "drain_timeout_s: 5\n"
-        f"limits: {{max_json_bytes: {JSON_CAP}}}\n"
-    )
+    config = write_runtime_config(tmp_path / "runtime.yaml", device_configs_dir, keypair[1],
+                                  f"limits: {{max_json_bytes: {JSON_CAP}}}\n")
     running = start_server(["--config", str(config), "--fake", "fake"], tmp_path / "server.log")
     yield running
     running.stop()

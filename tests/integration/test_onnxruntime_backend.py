@@ -99,7 +99,8 @@ def test_a_model_swapped_after_verification_is_not_served(
         backend.load(bundle, load_device_config(device_configs_dir / "x86-cpu.yaml"), BackendOptions())
 
 
-def _external_bundle(directory: Path, key: Path, location: str, list_data: bool = True) -> None:
+def _external_bundle(directory: Path, key: Path, location: str, list_data: bool = True,
+                     data_kind: str = "onnx_data") -> None:
     """The affine model with W as ONNX external data at ``location``; data.bin is listed when asked."""
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
@@ -121,8 +122,8 @@ def _external_bundle(directory: Path, key: Path, location: str, list_data: bool 
     artifacts = [ArtifactSpec("model.onnx", "onnx", None, "fp32")]
     if list_data:
         (directory / "data.bin").write_bytes(W.tobytes())
-        # TODO(manifest): an "onnx_data" artifact kind; listed as "onnx" after the model for now
-        artifacts.append(ArtifactSpec("data.bin", "onnx", None, "fp32"))
+        # As onnx_data it goes first: it must never be taken for the model (the first portable ONNX).
+        artifacts.insert(0 if data_kind == "onnx_data" else 1, ArtifactSpec("data.bin", data_kind, None, "fp32"))
     finalize_bundle(directory, name="tiny", version="1",
                     inputs=[TensorSpec(name="input", dtype="float32", shape=(-1, 4))],
                     outputs=[TensorSpec(name="output", dtype="float32", shape=(-1, 3))],
@@ -153,3 +154,10 @@ def test_external_data_outside_the_manifest_is_refused(
     _external_bundle(tmp_path / "a" / "b" / "c", keypair[0], location, list_data=False)
     with pytest.raises(BundleError, match=r"initializer 'W' takes its values from .*not a file listed"):
         _load(tmp_path / "a" / "b" / "c", keypair, device_configs_dir)
+
+
+def test_external_data_listed_as_a_model_is_refused(
+        tmp_path: Path, keypair: Tuple[Path, Path], device_configs_dir: Path) -> None:
+    _external_bundle(tmp_path / "b", keypair[0], "data.bin", data_kind="onnx")
+    with pytest.raises(BundleError, match=r"'data\.bin', which the manifest lists as kind 'onnx', not 'onnx_data'"):
+        _load(tmp_path / "b", keypair, device_configs_dir)

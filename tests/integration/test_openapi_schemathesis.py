@@ -9,6 +9,10 @@ model-scoped operations reach past the 404, and half of the inference requests t
 inputs that fit it (names, datatypes, shapes, value counts; random values, batch sizes, requested
 outputs; JSON or binary), so that the fuzzing reaches the decoding of values and the model itself.
 
+Two more tests put every operation in front of the middlewares that answer before the app: restricted
+API groups (403 for every group restricted) and bounded admission (503 with Retry-After while the
+one slot is taken), each answer checked against the document.
+
 CI runs a few examples per operation; ``scripts/bench/api_fuzz.py`` runs many more
 (``SCHEMATHESIS_EXAMPLES=1000``) and reads the responses' status codes per operation from the JSON
 file named by ``SCHEMATHESIS_TALLY``.
@@ -16,6 +20,7 @@ file named by ``SCHEMATHESIS_TALLY``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +28,7 @@ import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -34,10 +39,13 @@ from fake_models import multi_backend  # noqa: E402
 from flask import Flask  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from werkzeug.test import EnvironBuilder  # noqa: E402
 
 from edge_runtime.backends.fake import FakeBackend  # noqa: E402
-from edge_runtime.config import RuntimeSettings, SharedMemorySettings, load_device_config  # noqa: E402
+from edge_runtime.config import HttpSettings, RuntimeSettings, SharedMemorySettings, load_device_config  # noqa: E402
+from edge_runtime.server.admission import always_admitted  # noqa: E402
 from edge_runtime.server.app import EXTENSION_KEY, create_app  # noqa: E402
+from edge_runtime.server.restricted import RESTRICTABLE_GROUPS, Restriction  # noqa: E402
 from edge_runtime.server.shm import SystemSharedMemoryRegistry  # noqa: E402
 from edge_runtime.serving.repository import ModelRepository  # noqa: E402
 
@@ -62,6 +70,7 @@ CHECKS = [
     schemathesis.checks.response_schema_conformance,
     schemathesis.checks.negative_data_rejection,
 ]
+CONFORMANCE_CHECKS = [check for check in CHECKS if check is not schemathesis.checks.not_a_server_error]
 
 schema = schemathesis.openapi.from_path(str(OPENAPI))
 # The fake model computes 2x+1 and casts back: inputs near the ends of the INT32 / FP32 ranges overflow
@@ -154,10 +163,15 @@ def _with_body(case: Any, request: Dict[str, Any], section: bytes) -> Any:
     return fitted
 
 
+# Path parameters naming what the fuzzed server serves (the document's examples).
+SERVED_PATH_PARAMETERS = {"model_name": "fake", "model_version": "1", "region_name": EXAMPLE_SHM_KEY}
+
+
 @dataclass
 class FuzzedServer:
     app: Flask
     repository: ModelRepository
+    runtime: RuntimeSettings
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +191,7 @@ def server(device_configs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     (shm_dir / EXAMPLE_SHM_KEY).write_bytes(bytes(4096))
     app.extensions[EXTENSION_KEY].shm = SystemSharedMemoryRegistry(SharedMemorySettings(allow_server_owned=True),
                                                                     directory=str(shm_dir))
-    yield FuzzedServer(app, repository)
+    yield FuzzedServer(app, repository, runtime)
     if TALLY_PATH:
         Path(TALLY_PATH).write_text(json.dumps({op: dict(codes) for op, codes in tally.items()}, indent=1))
     app.extensions[EXTENSION_KEY].shm.close()
@@ -196,3 +210,46 @@ def test_api_matches_openapi_document(case: Any, server: FuzzedServer) -> None:
     # Unloading is fuzzed too; load the model again so that later cases find it serving (not 503).
     if case.operation.path.endswith("/unload") and response.status_code == 200:
         server.repository.load(case.path_parameters["model_name"])
+
+
+def _served_cases() -> Iterator[Any]:
+    """One case per operation of the document, naming the served model, its version and a region."""
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        names = {parameter.name: SERVED_PATH_PARAMETERS[parameter.name] for parameter in operation.path_parameters}
+        yield operation.Case(path_parameters=names)
+
+
+def test_restricted_groups_answer_403_as_documented(server: FuzzedServer) -> None:
+    """With every group restricted, every operation answers Triton's 403, which the document must list."""
+    rule = Restriction(frozenset(RESTRICTABLE_GROUPS), "admin-key", b"secret")
+    app = create_app(server.runtime, server.repository, restrictions=[rule])
+    try:
+        for case in _served_cases():
+            response = case.call_and_validate(app=app, checks=CHECKS)
+            assert response.status_code == 403, case.formatted_path
+            assert response.json() == {"error": "This API is restricted, expecting header 'admin-key'"}
+    finally:
+        app.extensions[EXTENSION_KEY].shm.close()
+
+
+def _ignore_start(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
+    return lambda data: None
+
+
+def test_admission_refusals_answer_503_as_documented(server: FuzzedServer) -> None:
+    """With the one admission slot taken, every operation but health, readiness, /v2 and /metrics answers 503."""
+    runtime = dataclasses.replace(server.runtime, http=HttpSettings(threads=2, max_in_flight=1, retry_after_s=3))
+    app = create_app(runtime, server.repository)
+    held: Any = app.wsgi_app(EnvironBuilder(path="/v2/models/stats").get_environ(), _ignore_start)  # holds the slot
+    try:
+        for case in _served_cases():
+            response = case.call_and_validate(app=app, checks=CONFORMANCE_CHECKS)  # a 503 is expected here
+            if always_admitted(case.formatted_path):
+                assert response.status_code != 503, case.formatted_path
+            else:
+                assert response.status_code == 503, case.formatted_path
+                assert response.headers.get("retry-after") == ["3"], response.headers
+    finally:
+        held.close()
+        app.extensions[EXTENSION_KEY].shm.close()

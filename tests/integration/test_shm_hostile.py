@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytest
-from runtime_support import RunningServer, start_server
+from runtime_support import RunningServer, start_server, write_runtime_config
 
 MAX_REGIONS = 8
 ROW_BYTES = 64  # the fake model's INPUT0/OUTPUT0: FP32 [-1, 16]
@@ -23,14 +23,8 @@ ROW_BYTES = 64  # the fake model's INPUT0/OUTPUT0: FP32 [-1, 16]
 @pytest.fixture()
 def hostile_server(tmp_path: Path, keypair: Tuple[Path, Path], device_configs_dir: Path) -> Iterator[RunningServer]:
     """The runtime serving the fake model; the test's objects are the server's user's own: allowed here."""
-    config = tmp_path / "runtime.yaml"
-    config.write_text(
-        f"device_config: {device_configs_dir / 'x86-cpu.yaml'}\n"
-        f"trusted_keys: [{keypair[1]}]\n"
-        "warmup_runs: 1\n"
-        "drain_timeout_s: 5\n"
-        f"shared_memory: {{allow_server_owned: true, max_regions: {MAX_REGIONS}}}\n"
-    )
+    config = write_runtime_config(tmp_path / "runtime.yaml", device_configs_dir, keypair[1],
+                                  f"shared_memory: {{allow_server_owned: true, max_regions: {MAX_REGIONS}}}\n")
     running = start_server(["--config", str(config), "--fake", "fake"], tmp_path / "server.log")
     yield running
     running.stop()

@@ -460,6 +460,17 @@ def test_artifacts_of_rejects_unknown_kind(bundle: Path) -> None:
         manifest.artifacts_of("engines")
 
 
+def test_onnx_external_data_is_its_own_kind_within_format_1(tmp_path: Path, private_key: Any) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"\x00" * 16)
+    (tmp_path / "model.onnx").write_bytes(b"m")
+    manifest = _finalize(tmp_path, private_key, [ArtifactSpec("weights.bin", "onnx_data"),
+                                                 ArtifactSpec("model.onnx", "onnx")])
+    assert manifest.format_version == 1
+    assert [a.path for a in manifest.artifacts_of("onnx")] == ["model.onnx"]  # weights are never a model
+    assert [a.path for a in manifest.artifacts_of("onnx_data")] == ["weights.bin"]
+    assert verify_bundle(tmp_path, [private_key.public_key()]) == manifest
+
+
 def test_dataclasses_validate_on_construction() -> None:
     with pytest.raises(ManifestError, match="path: '/abs' is absolute"):
         Artifact("/abs", "0" * 64, 1, "onnx")

@@ -337,13 +337,15 @@ def test_example_runtime_settings_load_with_defaults() -> None:
         ("shared_memory: {key_prefixes: [app-]}\n", "shared_memory.key_prefixes[0]"),
         ("restricted_api: [{groups: [repo], header: k, value_env: K}]\n", "restricted_api[0].groups[0]"),
         ("restricted_api: [{groups: [statistics], header: k}]\n", "exactly one of value_file, value_env"),
+        ("restricted_api: [{groups: [statistics], header: api_key, value_env: K}]\n",
+         "restricted_api[0].header: expected a header name (letters, digits and -), got 'api_key'"),
         ("batching: {max_batch_size: 4, preferred_batch_sizes: [8]}\n", "preferred_batch_sizes[0]"),
         ("batching: {max_queue_size: 0}\n", "batching.max_queue_size"),
         ("limits: {max_json_depth: '64'}\n", "limits.max_json_depth: expected int"),
         ("turbo: true\n", "unknown key 'turbo'"),
     ],
     ids=["port", "in-flight-threads", "json-cap", "shm-prefix", "restricted-group", "restricted-secret",
-         "preferred-over-max", "queue-size", "depth-type", "unknown-key"],
+         "restricted-underscore", "preferred-over-max", "queue-size", "depth-type", "unknown-key"],
 )
 def test_bad_runtime_settings(tmp_path: Path, extra: str, message: str) -> None:
     from edge_runtime.config import load_runtime_settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Tuple
 
@@ -128,3 +130,15 @@ def test_usage_errors_exit_2(argv: list, capsys: pytest.CaptureFixture) -> None:
         main(argv)
     assert info.value.code == 2
     assert "usage: edge-runtime" in capsys.readouterr().err
+
+
+def test_error_is_one_line_in_a_real_process(tmp_path: Path) -> None:
+    # the whole process's stderr, import-time warnings included (cryptography warns on Python 3.8)
+    script = Path(sys.executable).with_name("edge-runtime")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "edge_runtime.cli"]
+    result = subprocess.run(
+        [*command, "check", str(tmp_path / "nothing"), "--key", str(tmp_path / "absent.pub")],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2], check=False,
+    )
+    assert result.returncode == 1
+    assert "absent.pub: no such key file" in _error_line(result.stderr)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from edge_runtime.backends.fake import FakeBackend
 from edge_runtime.bundle.signing import load_public_key
 from edge_runtime.config import load_device_config
 from edge_runtime.errors import InferenceError, ModelNotFoundError, ModelNotReadyError, SignatureError
+from edge_runtime.serving import repository_layout
 from edge_runtime.serving.repository import ModelRepository
 
 
@@ -75,3 +77,35 @@ def test_highest_numeric_version_wins(repository: ModelRepository) -> None:
     for version in ("2", "10", "9", "latest"):
         (repository.root / "m" / version).mkdir(parents=True)
     assert repository.available()["m"] == ["2", "9", "10"]
+
+
+def test_requests_for_unknown_models_never_scan_the_repository(
+        repository: ModelRepository, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert repository.root is not None
+    (repository.root / "broken" / "1").mkdir(parents=True)  # on disk, fails to load: 503 with its reason
+    repository.add_fake("echo", FakeBackend)
+    repository.load_all()
+    scans: List[str] = []
+    real_scan, real_scandir = repository_layout.scan, os.scandir
+    monkeypatch.setattr(repository_layout, "scan", lambda root: scans.append("scan") or real_scan(root))
+    monkeypatch.setattr(os, "scandir", lambda *args: scans.append("scandir") or real_scandir(*args))
+    for number in range(100):
+        with pytest.raises(ModelNotFoundError, match="is not found"):
+            repository.get(f"unknown-{number}")
+    with pytest.raises(ModelNotReadyError, match="not signed"):
+        repository.get("broken")
+    assert repository.get("echo").name == "echo"
+    assert scans == []
+
+
+def test_a_model_put_on_disk_after_start_is_unknown_until_loaded(repository: ModelRepository) -> None:
+    assert repository.root is not None
+    repository.load_all()
+    (repository.root / "late" / "1").mkdir(parents=True)
+    with pytest.raises(ModelNotFoundError, match="'late' is not found"):
+        repository.get("late")  # as Triton in explicit mode: on disk is not known
+    assert any(entry["name"] == "late" for entry in repository.index())  # the index shows the disk
+    with pytest.raises(SignatureError):
+        repository.load("late")  # an explicit act refreshes what the repository knows
+    with pytest.raises(ModelNotReadyError, match="not signed"):
+        repository.get("late")
