@@ -81,11 +81,13 @@ class RunningServer:
 
 
 def start_server(args: List[str], log: Path, timeout: float = 60.0, *, env: Optional[Dict[str, str]] = None,
-                 preexec_fn: Optional[Callable[[], None]] = None, close_fds: bool = True) -> RunningServer:
-    """Start `edge-runtime serve ARGS --port 0` and wait until /v2/health/ready answers 200.
+                 preexec_fn: Optional[Callable[[], None]] = None, close_fds: bool = True,
+                 wait_for: str = "ready") -> RunningServer:
+    """Start `edge-runtime serve ARGS --port 0` and wait until /v2/health/<wait_for> answers 200.
 
     ``env``: extra environment variables; ``preexec_fn``/``close_fds``: as for subprocess.Popen
-    (to change the server's limits or hand it open descriptors).
+    (to change the server's limits or hand it open descriptors). ``wait_for="live"`` for a server
+    that is meant not to be ready (strict readiness with a model that fails to load).
     """
     handle = log.open("w")
     process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", *args, "--port", "0"],
@@ -98,7 +100,7 @@ def start_server(args: List[str], log: Path, timeout: float = 60.0, *, env: Opti
         if match:
             port = int(match.group(1))
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/{wait_for}", timeout=2) as reply:
                     if reply.status == 200:
                         return RunningServer(process, port, log)
             except OSError:
