@@ -6,18 +6,20 @@ run on the device's Python 3.8: output = input @ W + b, input float32 [-1, 4], o
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -82,7 +84,7 @@ class RunningServer:
 
 def start_server(args: List[str], log: Path, timeout: float = 60.0, *, env: Optional[Dict[str, str]] = None,
                  preexec_fn: Optional[Callable[[], None]] = None, close_fds: bool = True,
-                 wait_for: str = "ready") -> RunningServer:
+                 wait_for: str = "ready", cwd: Optional[Path] = None) -> RunningServer:
     """Start `edge-runtime serve ARGS --port 0` and wait until /v2/health/<wait_for> answers 200.
 
     ``env``: extra environment variables; ``preexec_fn``/``close_fds``: as for subprocess.Popen
@@ -92,7 +94,7 @@ def start_server(args: List[str], log: Path, timeout: float = 60.0, *, env: Opti
     handle = log.open("w")
     process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", *args, "--port", "0"],
                                stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                               preexec_fn=preexec_fn, close_fds=close_fds)
+                               preexec_fn=preexec_fn, close_fds=close_fds, cwd=cwd)
     deadline = time.monotonic() + timeout
     port = 0
     while time.monotonic() < deadline and process.poll() is None:
@@ -146,3 +148,35 @@ def get(port: int, path: str, headers: Optional[Dict[str, str]] = None, timeout:
         return response.status, {key.lower(): value for key, value in response.getheaders()}, response.read()
     finally:
         connection.close()
+
+
+@contextlib.contextmanager
+def traversable_by_others(*paths: Path) -> Iterator[None]:
+    """Let other uids traverse (o+x, never read) the folders above ``paths`` while the test runs.
+
+    The interpreter may live under a 0700 home (pyenv under /root here and on CI machines): the
+    server's uid must reach it. Each mode is restored afterwards.
+    """
+    changed: Dict[Path, int] = {}
+    for path in paths:
+        for folder in Path(os.path.realpath(path)).parents:
+            mode = folder.stat().st_mode
+            if folder not in changed and not mode & stat.S_IXOTH:
+                changed[folder] = stat.S_IMODE(mode)
+                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for folder, mode in changed.items():
+            folder.chmod(mode)
+
+
+def run_as(uid: int, gid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that drops a child process to ``uid``/``gid`` (no supplementary groups; needs root)."""
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return drop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
 import pytest
-from runtime_support import RunningServer, start_server, write_tiny_bundle
+from runtime_support import RunningServer, run_as, start_server, traversable_by_others, write_tiny_bundle
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 
@@ -101,26 +104,24 @@ def test_fifo_in_a_bundle_hangs_neither_start_nor_reload_nor_check(
 
 def test_unreadable_model_directory_stays_with_its_model(
         repository: Path, runtime_config: Path, tmp_path: Path, keypair: Tuple[Path, Path]) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads a 0000 directory anyway (tests/unit/serving fakes the permission error)")
+    # Root reads a 0000 directory anyway: as root, the server runs as an unprivileged uid instead.
+    as_root = os.geteuid() == 0
     write_tiny_bundle(repository / "locked" / "1", keypair[0], "1")
     (repository / "locked").chmod(0)
-    process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", "--repository", str(repository),
-                                "--config", str(runtime_config), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reachable = (Path(sys.executable), REPO_ROOT, repository / "tiny" / "1" / "model.onnx", runtime_config, keypair[1])
     try:
-        line = ""
-        while "serving on" not in line and process.poll() is None:
-            line = process.stdout.readline() if process.stdout else ""
-        port = int(line.rsplit(":", 1)[1].split()[0])
-        server = RunningServer(process, port, tmp_path / "unused.log")
-        assert infer(server)[0] == 200
-        index = call(server, "POST", "/v2/repository/index", {})[1]
-        locked = next(e for e in index if e["name"] == "locked")
-        assert locked["state"] == "UNAVAILABLE" and "cannot be listed" in locked["reason"]
-        assert call(server, "GET", "/v2/health/ready")[0] == 503  # strict readiness: a model failed
+        with traversable_by_others(*reachable) if as_root else contextlib.nullcontext():
+            server = start_server(["--repository", str(repository), "--config", str(runtime_config)],
+                                  tmp_path / "server.log", wait_for="live", cwd=REPO_ROOT,
+                                  preexec_fn=run_as(64000, 64000) if as_root else None)
+            try:
+                assert infer(server)[0] == 200
+                index = call(server, "POST", "/v2/repository/index", {})[1]
+                locked = next(e for e in index if e["name"] == "locked")
+                assert locked["state"] == "UNAVAILABLE" and "cannot be listed" in locked["reason"]
+                assert call(server, "GET", "/v2/health/ready")[0] == 503  # strict readiness: a model failed
+            finally:
+                server.stop()
     finally:
-        process.kill()
-        process.wait(10)
         (repository / "locked").chmod(0o755)
         shutil.rmtree(repository / "locked")

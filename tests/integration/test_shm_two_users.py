@@ -9,14 +9,12 @@ Needs root (to switch uids); the server's interpreter must be reachable by an un
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import pytest
+from runtime_support import traversable_by_others
 
 from edge_runtime.bundle.signing import generate_keypair
 
@@ -58,31 +57,10 @@ def _start(command: list, log: Path, cwd: Path, timeout: float = 60.0) -> Tuple[
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
 
-@contextlib.contextmanager
-def _traversable(*paths: Path) -> Iterator[None]:
-    """Let other uids traverse (o+x, never read) the folders above ``paths`` while the test runs.
-
-    The interpreter may live under a 0700 home (pyenv under /root here and on CI machines): the
-    server's uid must reach it. Each mode is restored afterwards.
-    """
-    changed: Dict[Path, int] = {}
-    for path in paths:
-        for folder in Path(os.path.realpath(path)).parents:
-            mode = folder.stat().st_mode
-            if folder not in changed and not mode & stat.S_IXOTH:
-                changed[folder] = stat.S_IMODE(mode)
-                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-    try:
-        yield
-    finally:
-        for folder, mode in changed.items():
-            folder.chmod(mode)
-
-
 @pytest.fixture()
 def server_port(device_configs_dir: Path) -> Iterator[int]:
     """`edge-runtime serve --fake fake` running as SERVER_UID, its files in a directory that uid can read."""
-    with _traversable(Path(sys.executable), REPO_ROOT):
+    with traversable_by_others(Path(sys.executable), REPO_ROOT):
         yield from _serve_as_server_user(device_configs_dir)
 
 
