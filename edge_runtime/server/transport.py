@@ -28,6 +28,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from edge_runtime.config import RuntimeSettings
+from edge_runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,11 @@ def create_server(app: WsgiApp, settings: RuntimeSettings, host: str, port: int,
     )
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
-    return EdgeServer(app, map=socket_map, dispatcher=dispatcher, adj=adj)
+    try:
+        return EdgeServer(app, map=socket_map, dispatcher=dispatcher, adj=adj)
+    except OSError as exc:  # address in use, not an address of this host, a port below 1024, ...
+        dispatcher.shutdown(timeout=1)
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def loop_once(socket_map: Dict[int, Any], timeout_s: float) -> None:

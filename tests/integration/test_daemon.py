@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import signal
 import threading
 import time
@@ -41,6 +42,16 @@ def test_missing_secret_is_one_line(tmp_path: Path, device_configs_dir: Path, ke
     result = run_serve(["--config", str(config), "--fake", "fake", "--port", "0"], env={})
     assert result.returncode == 1
     assert "EDGE_TEST_UNSET_SECRET is not set" in _one_error_line(result.stderr)
+
+
+def test_a_port_in_use_is_one_line(config: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_serve(["--config", str(config), "--fake", "fake", "--port", str(port)])
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in _one_error_line(result.stderr)
 
 
 @pytest.mark.parametrize("spec", ["slow:delay_ms=abc", "slow:colour=red", ":delay_ms=1"])

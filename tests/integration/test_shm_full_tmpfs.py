@@ -54,7 +54,7 @@ def test_an_output_into_a_full_filesystem_is_an_error_not_a_crash(small_tmpfs: P
         registry.register("out", "/client-region", 0, OBJECT)
         region = registry.acquire("out", 0, OBJECT)
         try:
-            with pytest.raises(SharedMemoryError, match="'out'.*No space left on device"):
+            with pytest.raises(SharedMemoryError, match=r"'out'.*No space left on device"):
                 region.write(0, memoryview(np.ones(OBJECT, dtype=np.uint8)))
         finally:
             region.release()
