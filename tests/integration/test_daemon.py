@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
 import signal
+import socket
 import threading
 import time
 import urllib.request
