@@ -15,11 +15,13 @@ Every failure raises :class:`~edge_runtime.errors.OutputError` naming the path.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Union
 
@@ -59,6 +61,30 @@ def write_bytes_atomic(path: PathLike, data: bytes, mode: int = 0o644) -> None:
         _unlink_quietly(tmp_name)
         raise
     fsync_dir(parent)
+
+
+def remove_stale_temp_files(path: PathLike, older_than_s: float = 60.0) -> int:
+    """Remove temporary files that :func:`write_bytes_atomic` left for ``path`` when its writer was killed.
+
+    Only files named like its temporaries (``.<name>.*.tmp``) and untouched for ``older_than_s``
+    (a live writer finishes in milliseconds) are removed. Returns how many; never raises.
+    """
+    target = Path(path)
+    removed = 0
+    cutoff = time.time() - older_than_s
+    try:
+        candidates = list(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+    except OSError:
+        return 0
+    for candidate in candidates:
+        try:
+            info = candidate.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                candidate.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone already, or not ours to remove: the next write tries again
+    return removed
 
 
 def fsync_dir(path: PathLike) -> None:

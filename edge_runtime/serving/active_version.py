@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from edge_runtime.atomic_io import write_bytes_atomic
+from edge_runtime.atomic_io import remove_stale_temp_files, write_bytes_atomic
 from edge_runtime.bundle import NotARegularFile, open_regular
 from edge_runtime.errors import PointerError
 
@@ -108,7 +108,11 @@ def next_pointer(current: Optional[ActiveVersion], version: str, serving: Option
 
 
 def write_pointer(model_dir: Path, pointer: ActiveVersion) -> None:
-    """Replace the model's pointer atomically (OutputError when the directory cannot be written)."""
+    """Replace the model's pointer atomically (OutputError when the directory cannot be written).
+
+    Temporary files of earlier writers that were killed mid-write are removed first.
+    """
+    remove_stale_temp_files(model_dir / POINTER_NAME)
     write_bytes_atomic(model_dir / POINTER_NAME, pointer.to_json())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, List
 
@@ -206,3 +207,19 @@ def test_publish_refuses_a_staging_dir_elsewhere(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="must be a sibling"):
         publish_dir(staging, tmp_path / "bundle", overwrite=False)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    from edge_runtime.atomic_io import remove_stale_temp_files
+
+    target = tmp_path / "active.json"
+    stale = tmp_path / ".active.json.abc123.tmp"
+    fresh = tmp_path / ".active.json.def456.tmp"  # a writer may still be busy with it
+    other = tmp_path / ".other.json.abc123.tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"{")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    assert remove_stale_temp_files(target) == 1
+    assert not stale.exists() and fresh.exists() and other.exists()
