@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from edge_runtime.config import RuntimeSettings, runtime_settings_from_mapping
 from edge_runtime.errors import ConfigError, RequestError
@@ -21,6 +21,11 @@ from edge_runtime.errors import ConfigError, RequestError
 _TOP_KEYS = ("name", "max_batch_size", "dynamic_batching", "instance_group")
 _BATCHING_KEYS = ("max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy")
 _SOURCE = "config override"  # names the override in validation messages (never a file path)
+# A load request comes over HTTP: its override must not be a way to exhaust the device. Each
+# instance is a worker thread with its own loaded model (memory), and a long queue delay holds
+# every request of the model; Jetsons have 6 to 12 CPU cores and one GPU.
+MAX_INSTANCES = 8
+MAX_QUEUE_DELAY_US = 1_000_000
 
 
 def apply_config_override(name: str, text: Any, settings: RuntimeSettings) -> RuntimeSettings:
@@ -59,7 +64,8 @@ def _dynamic_batching(block: Any) -> Dict[str, Any]:
     _refuse_unknown("dynamic_batching", block, _BATCHING_KEYS)
     out: Dict[str, Any] = {"enabled": True}
     if "max_queue_delay_microseconds" in block:
-        out["max_queue_delay_us"] = _int(block["max_queue_delay_microseconds"], "max_queue_delay_microseconds", 0)
+        out["max_queue_delay_us"] = _int(block["max_queue_delay_microseconds"], "max_queue_delay_microseconds", 0,
+                                         MAX_QUEUE_DELAY_US)
     if "preferred_batch_size" in block:
         sizes = block["preferred_batch_size"]
         if not isinstance(sizes, list):
@@ -82,7 +88,7 @@ def _instance_count(groups: Any) -> int:
     kind = groups[0].get("kind")
     if kind is not None and kind not in ("KIND_CPU", "KIND_GPU", "KIND_AUTO"):
         raise RequestError(f"parameters.config: instance_group[0].kind {kind!r} is not served here")
-    return _int(groups[0].get("count", 1), "instance_group[0].count", 1)
+    return _int(groups[0].get("count", 1), "instance_group[0].count", 1, MAX_INSTANCES)
 
 
 def _refuse_unknown(where: str, block: Dict[str, Any], allowed: Any) -> None:
@@ -94,12 +100,14 @@ def _refuse_unknown(where: str, block: Dict[str, Any], allowed: Any) -> None:
         )
 
 
-def _int(value: Any, key: str, minimum: int) -> int:
+def _int(value: Any, key: str, minimum: int, maximum: Optional[int] = None) -> int:
     # Triton's JSON config writes 64-bit integers as strings as well.
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise RequestError(f"parameters.config: {key} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise RequestError(f"parameters.config: {key} must be at most {maximum}, got {value}")
     return value
 
 

@@ -37,6 +37,10 @@ def test_batching_keys_map_to_the_settings() -> None:
     (json.dumps({"dynamic_batching": {"priority_levels": 2}}), "'priority_levels' cannot be overridden"),
     (json.dumps({"instance_group": [{"count": 1}, {"count": 1}]}), "a list of one group"),
     (json.dumps({"dynamic_batching": {"preferred_batch_size": [16]}}), "preferred_batch_sizes"),
+    # an HTTP request must not be a way to exhaust the device
+    (json.dumps({"instance_group": [{"count": 1000}]}), r"instance_group\[0\].count must be at most 8"),
+    (json.dumps({"dynamic_batching": {"max_queue_delay_microseconds": 10**12}}), "must be at most 1000000"),
+    (json.dumps({"max_batch_size": "9" * 4000}), "max_batch_size must be an integer"),
 ])
 def test_refused_overrides(config: str, message: str) -> None:
     with pytest.raises(RequestError, match=message) as raised:
