@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -57,9 +58,17 @@ MODELS: Dict[str, Tuple[str, Tuple[int, ...], str]] = {
 }
 
 
-def tree_env(tree: Path) -> Dict[str, str]:
-    """The environment for a process that must import ``edge_runtime`` (and ``export``) from ``tree``."""
-    return dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+def tree_env(tree: Path, pycache: Optional[Path] = None) -> Dict[str, str]:
+    """The environment for a process that must import ``edge_runtime`` (and ``export``) from ``tree``.
+
+    Bytecode is not written into the tree; with ``pycache``, it is written to and read from there instead
+    (PYTHONPYCACHEPREFIX), so timed starts of every tree read compiled modules alike.
+    """
+    if pycache is None:
+        return dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONPYCACHEPREFIX=str(pycache))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def write_bundle(tree: Path, model: str, out: Path) -> Tuple[Path, Path]:
@@ -86,6 +95,7 @@ class ServeProcess:
     port: int
     log: Path
     module_file: str
+    ready_s: float  # from spawn to the first 200 of /v2/health/ready, to within one poll
 
     @property
     def url(self) -> str:
@@ -103,19 +113,25 @@ class ServeProcess:
             return None
 
 
-def start_serve(tree: Path, args: List[str], log: Path, timeout: float = 120.0) -> ServeProcess:
-    """Start ``edge-runtime serve ARGS --port 0`` from ``tree``; wait until /v2/health/ready answers 200."""
+def start_serve(tree: Path, args: List[str], log: Path, timeout: float = 120.0, poll_s: float = 0.1,
+                pycache: Optional[Path] = None) -> ServeProcess:
+    """Start ``edge-runtime serve ARGS --port 0`` from ``tree``; wait until /v2/health/ready answers 200.
+
+    The log and readiness are checked every ``poll_s``; ``pycache`` as in :func:`tree_env`.
+    """
+    env = tree_env(tree, pycache)
     with log.open("wb") as handle:
+        spawned = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-c", SERVE_WRAPPER, "serve", *args, "--port", "0"],
-                                   cwd=tree, env=tree_env(tree), stdout=handle, stderr=subprocess.STDOUT)
+                                   cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         text = log.read_text(errors="replace")
         port = re.search(r"serving on http://127\.0\.0\.1:(\d+)", text)
         module = re.search(r"edge_runtime module: (\S+)", text)
         if port and module and http_status(int(port.group(1)), "/v2/health/ready") == 200:
-            return ServeProcess(process, int(port.group(1)), log, module.group(1))
-        time.sleep(0.1)
+            return ServeProcess(process, int(port.group(1)), log, module.group(1), time.perf_counter() - spawned)
+        time.sleep(poll_s)
     if process.poll() is None:
         process.kill()
         process.wait()
@@ -137,6 +153,23 @@ def http_status(port: int, path: str, timeout: float = 2.0) -> Optional[int]:
 def git(*args: str) -> str:
     """Run git in this repository; its stdout."""
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def add_worktree(ref: str, where: Path) -> Tuple[Path, str]:
+    """A detached `git worktree` of ``ref`` at ``where``; (its path, the full commit)."""
+    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    git("worktree", "add", "--detach", str(where), commit)
+    return where, commit
+
+
+def remove_worktree(where: Path) -> None:
+    """Remove the worktree and git's record of it, whatever state it is in."""
+    try:
+        git("worktree", "remove", "--force", str(where))
+    except Exception as exc:
+        print(f"git worktree remove failed ({exc}); deleting {where}", file=sys.stderr)
+        shutil.rmtree(where, ignore_errors=True)
+    git("worktree", "prune")
 
 
 def proc_status_kib(pid: int, field: str) -> int:

@@ -9,14 +9,19 @@ server busy at a time: HTTP binary batch-1 latency with the unmodified tritoncli
 binary batch-1 requests, --seconds). Goal: the new build's HTTP binary p50 and 8-client
 throughput within 5 % of the baseline's.
 
+Before those servers start, each build is also started --starts times more (after one untimed
+start each, which fills a shared bytecode cache), in rotating order, one at a time: spawn to the
+first 200 of /v2/health/ready, and VmRSS then; each is stopped with SIGTERM. After the rounds, each
+long-running server's peak RSS (VmHWM). Goals: start -> ready and peak RSS within 10 % of the
+baseline's (start -> ready: or inside the A/A noise).
+
     python scripts/bench/serving_ab_bench.py [--baseline 3fd36e9] [--model resnet18|tiny] [--rounds 10]
-        [--block 30] [--seconds 3] [--clients 8] [--out docs/benchmarks.md]
+        [--block 30] [--seconds 3] [--clients 8] [--starts 5] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -24,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -32,10 +37,13 @@ from bench_support import (
     MODELS,
     REPO,
     ServeProcess,
+    add_worktree,
     append_markdown,
     git,
     interrupt_on_sigterm,
     percentiles,
+    proc_status_kib,
+    remove_worktree,
     section_header,
     start_serve,
     verdict,
@@ -44,7 +52,10 @@ from bench_support import (
 )
 
 BUILDS = ("A", "A'", "new")
+LABELS = {"A": "A", "A'": "A2", "new": "new"}  # for file names
 TOLERANCE = 0.05
+FOOTPRINT_TOLERANCE = 0.10  # start -> ready and peak RSS
+START_POLL_S = 0.005
 
 
 @dataclass
@@ -54,6 +65,9 @@ class Measured:
     latencies_ms: List[float] = field(default_factory=list)
     rates: List[float] = field(default_factory=list)
     failures: List[str] = field(default_factory=list)
+    starts_s: List[float] = field(default_factory=list)  # spawn -> ready, one per timed start
+    ready_rss_kib: List[int] = field(default_factory=list)  # VmRSS at ready, one per timed start
+    peak_kib: int = 0  # the long-running server's VmHWM after the latency and throughput rounds
 
 
 class Workload:
@@ -109,14 +123,19 @@ class Workload:
         into.rates.append(sum(done) / (time.monotonic() - begin))
 
 
-def run_rounds(servers: Dict[str, ServeProcess], workload: Workload, args: argparse.Namespace) -> Dict[str, Measured]:
-    """Latency blocks, then throughput rounds, each build in turn; the order rotates every round."""
-    measured = {name: Measured() for name in servers}
+def rotated(names: List[str], index: int) -> List[str]:
+    """``names`` rotated left by ``index``: round i's order."""
+    return names[index % len(names):] + names[:index % len(names)]
+
+
+def run_rounds(servers: Dict[str, ServeProcess], workload: Workload, args: argparse.Namespace,
+               measured: Dict[str, Measured]) -> None:
+    """Latency blocks, then throughput rounds, each build in turn; the order rotates every round. Then peak RSS."""
     names = list(servers)
     for name in names:  # warm-up, untimed
         workload.latency(servers[name].url, 20, Measured())
     for index in range(args.rounds):
-        order = names[index % len(names):] + names[:index % len(names)]
+        order = rotated(names, index)
         for name in order:
             workload.latency(servers[name].url, args.block, measured[name])
         for name in order:
@@ -124,24 +143,8 @@ def run_rounds(servers: Dict[str, ServeProcess], workload: Workload, args: argpa
         print(f"round {index + 1}/{args.rounds}: " + ", ".join(
             f"{name} p50 {statistics.median(measured[name].latencies_ms):.2f} ms {measured[name].rates[-1]:.0f} req/s"
             for name in names), file=sys.stderr, flush=True)
-    return measured
-
-
-def add_worktree(ref: str, where: Path) -> Tuple[Path, str]:
-    """A detached `git worktree` of ``ref`` at ``where``; (its path, the full commit)."""
-    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
-    git("worktree", "add", "--detach", str(where), commit)
-    return where, commit
-
-
-def remove_worktree(where: Path) -> None:
-    """Remove the worktree and git's record of it, whatever state it is in."""
-    try:
-        git("worktree", "remove", "--force", str(where))
-    except Exception as exc:
-        print(f"git worktree remove failed ({exc}); deleting {where}", file=sys.stderr)
-        shutil.rmtree(where, ignore_errors=True)
-    git("worktree", "prune")
+    for name in names:
+        measured[name].peak_kib = proc_status_kib(servers[name].process.pid, "VmHWM")
 
 
 def settings_for(tree: Path, pub: Path) -> Dict[str, object]:
@@ -150,14 +153,37 @@ def settings_for(tree: Path, pub: Path) -> Dict[str, object]:
             "batching": {"enabled": True, "max_batch_size": 8, "max_queue_delay_us": 0}}
 
 
-def start_builds(trees: Dict[str, Path], repo: Path, pub: Path, tmp: Path, started: List[ServeProcess]
+def serve_args(trees: Dict[str, Path], repo: Path, pub: Path, tmp: Path) -> Dict[str, List[str]]:
+    """Each build's `serve` arguments: the bundle's repository and the build's own settings file."""
+    return {name: ["--repository", str(repo), "--config",
+                   str(write_settings(tmp / f"settings-{LABELS[name]}.yaml", settings_for(trees[name], pub)))]
+            for name in BUILDS}
+
+
+def time_starts(trees: Dict[str, Path], argv: Dict[str, List[str]], tmp: Path, starts: int,
+                measured: Dict[str, Measured], started: List[ServeProcess]) -> None:
+    """One untimed start per build, then ``starts`` timed ones each, rotating; each SIGTERMed once ready."""
+    pycache = tmp / "pycache"  # one bytecode cache for every build, filled by the untimed starts
+    for index in range(-1, starts):
+        for name in rotated(list(BUILDS), max(index, 0)):
+            server = start_serve(trees[name], argv[name], tmp / "start.log", poll_s=START_POLL_S, pycache=pycache)
+            started.append(server)
+            rss_kib = proc_status_kib(server.process.pid, "VmRSS")
+            server.stop()
+            if index >= 0:
+                measured[name].starts_s.append(server.ready_s)
+                measured[name].ready_rss_kib.append(rss_kib)
+        if index >= 0:
+            print(f"start {index + 1}/{starts}: " + ", ".join(
+                f"{name} {measured[name].starts_s[-1]:.3f} s" for name in BUILDS), file=sys.stderr, flush=True)
+
+
+def start_builds(trees: Dict[str, Path], argv: Dict[str, List[str]], tmp: Path, started: List[ServeProcess]
                  ) -> Dict[str, ServeProcess]:
     """One server per build; each is appended to ``started`` at once, so the caller can always stop it."""
     servers: Dict[str, ServeProcess] = {}
     for name in BUILDS:
-        label = name.replace("'", "2")
-        config = write_settings(tmp / f"settings-{label}.yaml", settings_for(trees[name], pub))
-        server = start_serve(trees[name], ["--repository", str(repo), "--config", str(config)], tmp / f"{label}.log")
+        server = start_serve(trees[name], argv[name], tmp / f"{LABELS[name]}.log")
         started.append(server)
         servers[name] = server
         print(f"{name}: pid {server.process.pid}, {server.url}, edge_runtime from {server.module_file}",
@@ -170,7 +196,8 @@ def render(measured: Dict[str, Measured], servers: Dict[str, ServeProcess], tree
     """The markdown section: table, ratios and the verdict."""
     what = (f"{args.model}, baseline {commit[:10]} (A, A') vs the working tree at {git('rev-parse', '--short', 'HEAD')}"
             f"{' + uncommitted changes' if dirty else ''} (new); {args.rounds} rounds x {args.block} latency requests"
-            f" and {args.seconds:g} s of {args.clients} clients per build, rotating order.")
+            f" and {args.seconds:g} s of {args.clients} clients per build, rotating order; before them,"
+            f" {args.starts} timed starts per build, rotating order.")
     lines = section_header(f"Serving before/after with an A/A control: {args.model}, batch 1", "serving_ab_bench.py",
                            what)
     lines += ["| build | edge_runtime from | HTTP binary p50 ms | p99 ms | "
@@ -195,10 +222,38 @@ def render(measured: Dict[str, Measured], servers: Dict[str, ServeProcess], tree
         _verdict_line("HTTP binary p50", p50["new"] / p50["A"], p50["A'"] / p50["A"], higher_is_better=False),
         _verdict_line(f"{args.clients}-client throughput", rate["new"] / rate["A"], rate["A'"] / rate["A"],
                       higher_is_better=True)]) + "."]
+    lines += footprint_lines(measured)
     for name, values in measured.items():
         if values.failures:
             lines.append(f"\nFailures, {name} (first 3 of {len(values.failures)}): " + " | ".join(values.failures[:3]))
     return [*lines, ""]
+
+
+def footprint_lines(measured: Dict[str, Measured]) -> List[str]:
+    """Start -> ready and memory: table, ratios and verdicts."""
+    mib = 1 / 1024
+    start = {name: statistics.median(values.starts_s) for name, values in measured.items()}
+    ready_rss = {name: statistics.median(values.ready_rss_kib) * mib for name, values in measured.items()}
+    peak = {name: values.peak_kib * mib for name, values in measured.items()}
+    lines = ["", "| build | start -> ready median s | min s | (starts) | RSS at ready MiB (median) | "
+             "peak RSS after the rounds MiB (VmHWM) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, values in measured.items():
+        starts = ", ".join(f"{s:.3f}" for s in values.starts_s)
+        lines.append(f"| {name} | {start[name]:.3f} | {min(values.starts_s):.3f} | ({starts}) | "
+                     f"{ready_rss[name]:.1f} | {peak[name]:.1f} |")
+    lines += ["", "| ratio | start -> ready | RSS at ready | peak RSS |", "|---|---:|---:|---:|"]
+    for pair, (top, bottom) in (("new / A", ("new", "A")), ("A' / A (noise floor)", ("A'", "A"))):
+        lines.append(f"| {pair} | {start[top] / start[bottom]:.3f} | {ready_rss[top] / ready_rss[bottom]:.3f} | "
+                     f"{peak[top] / peak[bottom]:.3f} |")
+    start_ratio, start_noise = start["new"] / start["A"], start["A'"] / start["A"]
+    peak_ratio, peak_noise = peak["new"] / peak["A"], peak["A'"] / peak["A"]
+    start_inside = abs(start_ratio - 1) <= abs(start_noise - 1)
+    return [*lines, "", "Goal (new within 10 % of the baseline A): "
+            f"start -> ready new/A {start_ratio:.3f} "
+            f"({verdict(start_ratio <= 1 + FOOTPRINT_TOLERANCE or start_inside)}; the difference is "
+            f"{'inside' if start_inside else 'outside'} the A/A noise of {abs(start_noise - 1) * 100:.1f} %); "
+            f"peak RSS new/A {peak_ratio:.3f} ({verdict(peak_ratio <= 1 + FOOTPRINT_TOLERANCE)}; "
+            f"A'/A {peak_noise:.3f})."]
 
 
 def _verdict_line(name: str, ratio: float, noise: float, higher_is_better: bool) -> str:
@@ -218,8 +273,11 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=30, help="latency requests per build per round")
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput time per build per round")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--starts", type=int, default=5, help="timed starts per build (at least 1)")
     parser.add_argument("--out", type=Path, help="append the markdown section to this file")
     args = parser.parse_args()
+    if args.starts < 1:
+        parser.error("--starts must be at least 1")
     interrupt_on_sigterm()
     _, shape, _ = MODELS[args.model]
     workload = Workload(args.model, np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
@@ -233,8 +291,11 @@ def main() -> int:
                   file=sys.stderr, flush=True)
             repo, pub = write_bundle(baseline, args.model, tmp / "bundle")
             trees = {"A": baseline, "A'": baseline, "new": REPO}
-            servers = start_builds(trees, repo, pub, tmp, started)
-            measured = run_rounds(servers, workload, args)
+            argv = serve_args(trees, repo, pub, tmp)
+            measured = {name: Measured() for name in BUILDS}
+            time_starts(trees, argv, tmp, args.starts, measured, started)
+            servers = start_builds(trees, argv, tmp, started)
+            run_rounds(servers, workload, args, measured)
             lines = render(measured, servers, trees, commit, dirty, args)
         finally:
             for server in started:
