@@ -615,3 +615,21 @@ def test_read_verified_refuses_a_file_swapped_after_verification(bundle: Path, t
     os.replace(bundle / "model.onnx.new", bundle / "model.onnx")
     with pytest.raises(IntegrityError, match=r"model\.onnx: sha256 mismatch"):
         verified.read_verified(artifact)
+
+
+def test_model_files_are_hashed_once_when_read_for_loading(bundle: Path, trusted: List[Any]) -> None:
+    """open_bundle leaves the model's hash to read_verified (one pass); verify_bundle hashes everything."""
+    from edge_runtime.bundle.verify import open_bundle
+
+    corrupted = bytearray(ARTIFACT_FILES["model.onnx"])
+    corrupted[-1] ^= 0xFF  # same size: only the hash tells
+    (bundle / "model.onnx").write_bytes(bytes(corrupted))
+    with pytest.raises(IntegrityError, match=r"model\.onnx: sha256 mismatch"):
+        verify_bundle(bundle, trusted)  # edge-runtime check, the fleet agent
+    verified = open_bundle(bundle, trusted)  # signature, listing, types and sizes held
+    artifact = next(a for a in verified.manifest.artifacts if a.path == "model.onnx")
+    with pytest.raises(IntegrityError, match=r"model\.onnx: sha256 mismatch"):
+        verified.read_verified(artifact)  # before anything parses it
+    (bundle / "model.onnx").write_bytes(bytes(corrupted[:-1]))
+    with pytest.raises(IntegrityError, match=r"model\.onnx: size is"):
+        open_bundle(bundle, trusted)  # sizes are still checked up front
