@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -21,15 +22,20 @@ import numpy as np
 from edge_runtime.atomic_io import publish_dir, staging_dir_for
 from edge_runtime.bundle.manifest import Manifest, TargetInfo, TensorSpec
 from edge_runtime.bundle.signing import load_private_key
+from edge_runtime.bundle.verify import MANIFEST_NAME
 from edge_runtime.bundle.writer import ArtifactSpec, finalize_bundle
 from edge_runtime.config import DeviceConfig
 from export.errors import CalibrationDataError, ExportError, OutputError, PruningError
+from export.io_spec import ModelIO
 from export.models.sources import ModelSource, resolve_model
 from export.report import EvalSet, Variant, build_report, render_report
+from export.samples import SampleSet, random_samples
 from export.steps import calibrate, onnx_export, quantize, trt_build
 from export.steps.prune import PruneSpec, apply_pruning, count_macs_params
 
 FP32_ONNX = "model.onnx"
+EVAL_SAMPLES = 64  # calibration samples reused for the fidelity check when there are no labels
+RANDOM_EVAL_SAMPLES = 16
 
 
 @dataclass
@@ -41,7 +47,8 @@ class ExportRequest:
     key_path: Path
     out: Path
     weights: Optional[Path] = None
-    input_shape: Optional[Tuple[int, ...]] = None
+    input_shape: Optional[Tuple[int, ...]] = None  # one float32 input's sample shape (shorthand for io)
+    io: Optional[ModelIO] = None  # an import-path model's inputs and output names (--input/--inputs/--output)
     precision: Optional[str] = None  # None: each target's default_precision
     prune: Optional[PruneSpec] = None
     finetune_epochs: int = 5
@@ -85,7 +92,31 @@ def _precision_for(request: ExportRequest, config: DeviceConfig) -> str:
     return precision
 
 
+def _check_numbers(request: ExportRequest) -> None:
+    """The numeric options' ranges (the CLI checks them too, at parse time)."""
+    for name, value, low in (("--seed", request.seed, 0), ("--latency-runs", request.latency_runs, 1),
+                             ("--finetune-epochs", request.finetune_epochs, 0),
+                             ("--calib-samples", request.calib_samples, 1)):
+        if value is not None and value < low:
+            raise ExportError(f"{name} must be >= {low}, got {value}")
+
+
+def _check_replaceable(out: Path) -> None:
+    """--force replaces a bundle (a directory with a manifest) or an empty directory, nothing else."""
+    if out.is_symlink() or not out.is_dir():
+        raise OutputError(f"--force replaces only a bundle directory, and {out} is not a directory: "
+                          "remove it yourself or choose another --out")
+    try:
+        entries = {entry.name for entry in out.iterdir()}
+    except OSError as exc:
+        raise OutputError(f"cannot read {out}: {exc.strerror or exc}") from exc
+    if entries and MANIFEST_NAME not in entries:
+        raise OutputError(f"--force replaces only a bundle directory, and {out} is not a bundle (no "
+                          f"{MANIFEST_NAME}): remove it yourself or choose another --out")
+
+
 def _preflight(request: ExportRequest) -> None:
+    _check_numbers(request)
     if not request.configs:
         raise ExportError("no device config given: pass --config FILE at least once")
     names = [c.name for c in request.configs]
@@ -95,8 +126,10 @@ def _preflight(request: ExportRequest) -> None:
         _precision_for(request, config)
         if config.uses_tensorrt and not request.skip_engine:
             trt_build.ensure_available(config)
-    if request.out.exists() and not request.force:
-        raise OutputError(f"output {request.out} already exists (pass --force to replace it)")
+    if os.path.lexists(request.out):
+        if not request.force:
+            raise OutputError(f"output {request.out} already exists (pass --force to replace it)")
+        _check_replaceable(request.out)
 
 
 def run_export(request: ExportRequest) -> ExportResult:
@@ -110,6 +143,8 @@ def run_export(request: ExportRequest) -> ExportResult:
     staging = staging_dir_for(request.out)
     try:
         manifest, report = _build(request, staging, private_key)
+        if os.path.lexists(request.out):
+            _check_replaceable(request.out)  # again: it may have changed during the export
         publish_dir(staging, request.out, overwrite=request.force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -122,9 +157,9 @@ def _prune(request: ExportRequest, source: ModelSource, compute: Dict[str, Any])
     """Prune (and fine-tune) the source module; return the unpruned copy for the report."""
     assert request.prune is not None and source.module is not None
     baseline = copy.deepcopy(source.module)
-    macs_before, params_before = count_macs_params(source.module, source.input_shape)
+    macs_before, params_before = count_macs_params(source.module, source.io)
     _say(request, f"pruning: {request.prune.method} L1, ratio {request.prune.ratio}")
-    apply_pruning(source.module, source.input_shape, request.prune)
+    apply_pruning(source.module, source.io, request.prune)
     epochs = request.finetune_epochs if source.data is not None else 0
     if source.data is not None and epochs:
         from export.models.training import train_classifier
@@ -133,67 +168,75 @@ def _prune(request: ExportRequest, source: ModelSource, compute: Dict[str, Any])
                          lr=1e-3, seed=request.seed, desc="fine-tune", progress=request.progress)
     elif request.finetune_epochs:
         _say(request, "pruning: no training data for this model, so no fine-tuning")
-    macs_after, params_after = count_macs_params(source.module, source.input_shape)
+    macs_after, params_after = count_macs_params(source.module, source.io)
     compute.update(pruning=f"{request.prune.method}:{request.prune.ratio}", finetune_epochs=epochs,
                    macs_before=macs_before, macs_after=macs_after,
                    params_before=params_before, params_after=params_after)
     return baseline
 
 
-def _export_fp32(request: ExportRequest, source: ModelSource, path: Path) -> np.ndarray:
-    """Write the FP32 ONNX model to ``path``; return a few samples used for parity."""
+def _export_fp32(request: ExportRequest, source: ModelSource, path: Path) -> Dict[str, np.ndarray]:
+    """Write the FP32 ONNX model to ``path`` (external data inlined); return the samples used for parity."""
     if source.onnx_path is not None:
-        shutil.copyfile(source.onnx_path, path)
-        return np.zeros((0,), np.float32)
+        onnx_export.copy_onnx(source.onnx_path, path)
+        return {}
     assert source.module is not None
     samples = (
-        source.data.test_x[:8] if source.data is not None
-        else np.random.default_rng(request.seed).standard_normal((2, *source.input_shape), dtype=np.float32)
+        {source.io.inputs[0].name: source.data.test_x[:8]} if source.data is not None
+        else onnx_export.parity_samples(source.module, source.io, request.seed)
     )
-    onnx_export.export_onnx(source.module, source.input_shape, path)
+    onnx_export.export_onnx(source.module, source.io, path)
     diff = onnx_export.check_parity(source.module, path, samples)
     _say(request, f"onnx: opset {onnx_export.OPSET}, parity vs torch max abs diff {diff:.2e}")
     return samples
 
 
-def _calibration(request: ExportRequest, source: ModelSource, inputs: Sequence[TensorSpec]) -> calibrate.Batches:
-    limit = request.calib_samples or request.configs[0].quantization.calibration_samples
+def _calibration(request: ExportRequest, source: ModelSource, inputs: Sequence[TensorSpec]) -> SampleSet:
+    """The calibration samples: --calib-data, else the reference model's training split."""
+    limit = request.calib_samples
+    if limit is None:
+        limit = request.configs[0].quantization.calibration_samples
     if request.calib_data is not None:
-        return calibrate.load_calibration_data(request.calib_data, inputs, limit)
+        return calibrate.load_samples(request.calib_data, inputs, limit)
     if source.data is not None and len(inputs) == 1:
-        batches = {inputs[0].name: source.data.calibration(limit)}
-        return calibrate.check_calibration_arrays(batches, inputs, f"{source.name} training split")
+        return calibrate.check_arrays({inputs[0].name: source.data.calibration(limit)}, inputs,
+                                      f"{source.name} training split")
     raise CalibrationDataError(
-        "INT8 needs calibration data: pass --calib-data (an .npy/.npz file or a directory of them)"
+        "INT8 needs calibration data: pass --calib-data (an .npz with one array per input, "
+        "an .npy for a single-input model, or a directory of them)"
     )
 
 
-def _eval_set(source: ModelSource, batches: Optional[calibrate.Batches], inputs: Sequence[TensorSpec]) -> EvalSet:
-    if source.data is not None:
-        return EvalSet(source.data.test_x, source.data.test_y,
-                       f"top-1 on the held-out split ({len(source.data.test_y)} samples)")
-    if batches is not None:
-        sample = next(iter(batches.values()))[:64]
-        return EvalSet(sample, None, f"fidelity to FP32 on {len(sample)} calibration inputs (no labels)")
-    shape = tuple(d if d > 0 else 1 for d in inputs[0].shape[1:])
-    sample = np.random.default_rng(0).standard_normal((16, *shape)).astype(inputs[0].dtype)
-    return EvalSet(sample, None, "fidelity to FP32 on 16 random inputs (no labels, no calibration data)")
+def _eval_set(source: ModelSource, calibration: Optional[SampleSet], inputs: Sequence[TensorSpec]) -> EvalSet:
+    """Labelled held-out data when the model has some, else --calib-data's samples, else random inputs."""
+    if source.data is not None and len(inputs) == 1:
+        samples = SampleSet.from_batched({inputs[0].name: source.data.test_x}, source.data.test_y)
+        return EvalSet(samples, f"top-1 on the held-out split ({len(samples)} samples)")
+    if calibration is not None:
+        samples = calibration.head(EVAL_SAMPLES)
+        return EvalSet(samples, f"fidelity to FP32 on {len(samples)} calibration inputs (no labels)")
+    samples = random_samples(inputs, RANDOM_EVAL_SAMPLES)
+    return EvalSet(samples, f"fidelity to FP32 on {len(samples)} random inputs (no labels, no calibration data)")
 
 
-def _target(request: ExportRequest, config: DeviceConfig, staging: Path, batches: Optional[calibrate.Batches],
+def _target(request: ExportRequest, config: DeviceConfig, staging: Path, calibration: Optional[SampleSet],
             artifacts: List[ArtifactSpec], variants: List[Variant], notes: List[str]) -> TargetInfo:
     """Produce one target's artifacts and register them for the manifest and the report."""
     precision = _precision_for(request, config)
     model_file = FP32_ONNX
+    if precision == "int8" and calibration is None:  # the FP32 graph has nothing to quantize
+        precision = "fp32"
+        notes.append(f"{config.name}: nothing to quantize: kept FP32 (no float MatMul/Gemm/Conv in the graph)")
+        _say(request, f"{config.name}: nothing to quantize: kept FP32")
     if precision == "int8":
-        assert batches is not None
+        assert calibration is not None
         model_file, calib_file = f"onnx/{config.name}.int8.onnx", f"calib/{config.name}.calib.json"
         (staging / "onnx").mkdir(exist_ok=True)
         (staging / "calib").mkdir(exist_ok=True)
-        _say(request, f"{config.name}: INT8 {config.quantization.scheme}, "
-                      f"{len(next(iter(batches.values())))} calibration samples")
-        quantize.quantize_int8(staging / FP32_ONNX, staging / model_file, staging / calib_file, batches,
-                               config.quantization, progress=request.progress, desc=f"calibrate {config.name}")
+        _say(request, f"{config.name}: INT8 {config.quantization.scheme}, {len(calibration)} calibration samples")
+        quantize.quantize_int8(staging / FP32_ONNX, staging / model_file, staging / calib_file, calibration,
+                               config.quantization, progress=request.progress, desc=f"calibrate {config.name}",
+                               notice=lambda message: _say(request, f"{config.name}: {message}"))
         artifacts += [ArtifactSpec(model_file, "onnx", config.name, precision),
                       ArtifactSpec(calib_file, "calib", config.name, precision)]
     if config.uses_tensorrt:
@@ -213,8 +256,8 @@ def _target(request: ExportRequest, config: DeviceConfig, staging: Path, batches
 
 def _build(request: ExportRequest, staging: Path, private_key: Any) -> Tuple[Manifest, Dict[str, Any]]:
     source = resolve_model(request.model, weights=request.weights, input_shape=request.input_shape,
-                           seed=request.seed, progress=request.progress)
-    _say(request, f"model: {source.name}, input {source.input_shape}")
+                           io=request.io, seed=request.seed, progress=request.progress)
+    _say(request, f"model: {source.name}, inputs {source.io}")
     if request.prune is not None and source.is_onnx:
         raise PruningError("pruning needs the PyTorch model; an .onnx input cannot be pruned (drop --prune)")
     compute: Dict[str, Any] = {}
@@ -224,19 +267,22 @@ def _build(request: ExportRequest, staging: Path, private_key: Any) -> Tuple[Man
         scratch = Path(scratch_name)
         if request.prune is not None:
             baseline = _prune(request, source, compute)
-            onnx_export.export_onnx(baseline, source.input_shape, scratch / "unpruned.onnx")
+            onnx_export.export_onnx(baseline, source.io, scratch / "unpruned.onnx")
             variants.append(Variant("fp32 before pruning (not shipped)", scratch / "unpruned.onnx", "fp32"))
         elif source.module is not None:
-            compute["macs"], compute["params"] = count_macs_params(source.module, source.input_shape)
+            compute["macs"], compute["params"] = count_macs_params(source.module, source.io)
         _export_fp32(request, source, staging / FP32_ONNX)
         inputs, outputs = onnx_export.onnx_io_specs(staging / FP32_ONNX)
         variants.append(Variant("fp32", staging / FP32_ONNX, "fp32", file=FP32_ONNX))
         artifacts = [ArtifactSpec(FP32_ONNX, "onnx", None, "fp32")]
         needs_int8 = any(_precision_for(request, c) == "int8" for c in request.configs)
-        batches = _calibration(request, source, inputs) if needs_int8 else None
-        targets = [_target(request, c, staging, batches, artifacts, variants, notes) for c in request.configs]
+        # a graph without float MatMul/Gemm/Conv keeps FP32 on INT8 targets: no calibration asked
+        quantizable = needs_int8 and quantize.has_quantizable_ops(staging / FP32_ONNX)
+        data = _calibration(request, source, inputs) if quantizable or request.calib_data is not None else None
+        calibration = data if quantizable else None
+        targets = [_target(request, c, staging, calibration, artifacts, variants, notes) for c in request.configs]
         _say(request, f"report: evaluating {len(variants)} variants, {request.latency_runs} latency rounds")
-        report = build_report(model=source.name, variants=variants, eval_set=_eval_set(source, batches, inputs),
+        report = build_report(model=source.name, variants=variants, eval_set=_eval_set(source, data, inputs),
                               latency_runs=request.latency_runs, compute=compute, notes=notes,
                               progress=request.progress)
     (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -13,16 +13,20 @@ cores) gains no speed from it. It is kept as an option for comparison with the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from edge_runtime.errors import BackendUnavailableError
 from export.errors import PruningError
+from export.io_spec import ModelIO, as_model_io, torch_example_inputs
+
+Shape = Union[ModelIO, Tuple[int, ...]]  # the model's inputs, or one float32 input's sample shape
 
 METHODS = ("structured", "unstructured")
 DEFAULT_ROUND_TO = 8
+EXAMPLE_AXIS = 8  # the size of a named non-batch axis (a sequence) when counting MACs and pruning
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,22 @@ class PruneSpec:
         return cls(method, ratio, round_to if round_to > 1 else None)
 
 
-def count_macs_params(model: nn.Module, input_shape: Tuple[int, ...]) -> Tuple[int, int]:
-    """Multiply-accumulates for one sample and the parameter count (torch-pruning's counter)."""
+def _examples(model: nn.Module, io: Shape) -> Tuple[Any, ...]:
+    """One sample per input (batch 1, other named axes EXAMPLE_AXIS), in argument order."""
+    spec = as_model_io(io)
+    batch = str(spec.inputs[0].dims[0])
+    sizes = {d: 1 if d == batch else EXAMPLE_AXIS for s in spec.inputs for d in s.dims if isinstance(d, str)}
+    return torch_example_inputs(model, spec, sizes)
+
+
+def count_macs_params(model: nn.Module, io: Shape) -> Tuple[int, int]:
+    """Multiply-accumulates for one sample and the parameter count (torch-pruning's counter).
+
+    Sequence-like named axes are counted at EXAMPLE_AXIS positions.
+    """
     import torch_pruning as tp
 
-    example = torch.zeros((1, *input_shape))
+    example = _examples(model, io)
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
@@ -75,7 +90,7 @@ def _output_layers(model: nn.Module) -> List[nn.Module]:
 
 def prune_structured(
     model: nn.Module,
-    input_shape: Tuple[int, ...],
+    io: Shape,
     ratio: float,
     ignored_layers: Optional[List[nn.Module]] = None,
     round_to: Optional[int] = DEFAULT_ROUND_TO,
@@ -86,7 +101,7 @@ def prune_structured(
     except ImportError as exc:
         raise BackendUnavailableError.missing_module("torch_pruning", "export") from exc
     ignored = list(ignored_layers) if ignored_layers is not None else _output_layers(model)
-    example = torch.zeros((1, *input_shape))
+    example = _examples(model, io)
     try:
         pruner = tp.pruner.MetaPruner(
             model,
@@ -113,8 +128,8 @@ def prune_unstructured(model: nn.Module, ratio: float) -> nn.Module:
     return model.eval()
 
 
-def apply_pruning(model: nn.Module, input_shape: Tuple[int, ...], spec: PruneSpec) -> nn.Module:
+def apply_pruning(model: nn.Module, io: Shape, spec: PruneSpec) -> nn.Module:
     """Apply ``spec`` to ``model`` (in place) and return it."""
     if spec.method == "structured":
-        return prune_structured(model, input_shape, spec.ratio, round_to=spec.round_to)
+        return prune_structured(model, io, spec.ratio, round_to=spec.round_to)
     return prune_unstructured(model, spec.ratio)

@@ -9,35 +9,143 @@ Two schemes, chosen by the device config's ``quantization.scheme``:
   TensorRT's implicit-quantization calibrators are deprecated since 10.1; the QDQ graph
   carries the scales, so the engine build needs no calibrator.
 
-``quant_pre_process`` runs first: it folds BatchNorm and infers shapes, which the
-quantizer needs to place Q/DQ pairs well.
+``quant_pre_process`` runs first: it folds BatchNorm and infers shapes, which the quantizer
+needs to place Q/DQ pairs well. Symbolic shape inference runs with ``auto_merge`` (dynamic
+batch and sequence axes need it); when it still fails, plain ONNX shape inference is used and
+a notice says so. ORT's tools write temporary files into the current directory (symbolic shape
+inference leaves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` of the model's size there
+when it fails), so they run with a temporary directory as the current one, always removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Set
 
 from tqdm import tqdm
 
 from edge_runtime.config import QuantizationSettings
 from export.errors import ExportError
-from export.steps.calibrate import Batches, iter_batches
+from export.samples import SampleSet
 
 CALIBRATION_BATCH = 16
+# Ops whose float inputs static INT8 speeds up; a graph without any has nothing to quantize.
+QUANTIZABLE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+
+Notice = Callable[[str], None]
 
 
-def _reader(batches: Batches, progress: bool, desc: str) -> Any:
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the CLI: its first line, prefixed by its type unless a bare Exception."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if type(exc) is Exception and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _float_tensors(graph: Any, known: Dict[str, bool]) -> None:
+    """Record for each typed tensor of ``graph`` whether it is floating point."""
+    from onnx import TensorProto
+
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.HasField("tensor_type"):
+            known[value.name] = value.type.tensor_type.elem_type in floats
+    for tensor in graph.initializer:
+        known[tensor.name] = tensor.data_type in floats
+
+
+def _quantizable_nodes(graph: Any, known: Dict[str, bool], found: Set[str]) -> None:
+    """Add to ``found`` the nodes (subgraphs included) that INT8 would quantize."""
+    import onnx
+
+    _float_tensors(graph, known)
+    for node in graph.node:
+        # an input of unknown type counts as float: never keep FP32 by mistake
+        if node.op_type in QUANTIZABLE_OPS and node.domain in ("", "ai.onnx") and any(
+            known.get(name, True) for name in node.input if name
+        ):
+            found.add(node.name or node.output[0])
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _quantizable_nodes(attribute.g, known, found)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    _quantizable_nodes(subgraph, known, found)
+
+
+def has_quantizable_ops(onnx_path: Path) -> bool:
+    """Whether the FP32 graph has MatMul/Gemm/Conv/ConvTranspose nodes on float tensors."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if not any(node.op_type in QUANTIZABLE_OPS for node in model.graph.node) and not any(
+        attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in model.graph.node for attribute in node.attribute
+    ):
+        return False
+    # without inferred types, inputs of unknown type count as float (conservative)
+    with contextlib.suppress(onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
+        model = onnx.shape_inference.infer_shapes(model)
+    found: Set[str] = set()
+    _quantizable_nodes(model.graph, {}, found)
+    return bool(found)
+
+
+def fixed_batch(onnx_path: Path, wanted: int) -> int:
+    """``wanted``, or less when an input of the graph fixes its batch axis (e.g. to 1)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    fixed = [value.type.tensor_type.shape.dim[0].dim_value for value in graph.input
+             if value.name not in initializers and value.type.tensor_type.shape.dim
+             and value.type.tensor_type.shape.dim[0].dim_value > 0]
+    return min([wanted, *fixed])
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Run a block with ``path`` as the current directory (contextlib.chdir needs Python 3.11)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def preprocess(fp32_path: Path, out_path: Path, notice: Notice) -> None:
+    """``quant_pre_process`` with auto-merged symbolic shapes, falling back to ONNX shape inference.
+
+    Call it with a temporary directory as the current one (see the module docstring).
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    options: Dict[str, Any] = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                               "external_data_location": out_path.name + ".data"}
+    try:
+        quant_pre_process(str(fp32_path), str(out_path), auto_merge=True, **options)
+        return
+    except Exception as exc:  # ORT's tools raise bare Exception (e.g. "Incomplete symbolic shape inference")
+        notice(f"symbolic shape inference failed ({one_line(exc)}); using ONNX shape inference instead")
+    try:
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True, **options)
+    except Exception as exc:  # as above: one line for the CLI, the traceback chained
+        raise ExportError(f"INT8 pre-processing failed: {one_line(exc)}") from exc
+
+
+def _reader(samples: SampleSet, max_batch: int, progress: bool, desc: str) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
-        """Feeds the checked calibration batches, with a progress bar."""
+        """Feeds every input, batch by batch (one bucket per shape), with a progress bar."""
 
         def __init__(self) -> None:
-            count = len(next(iter(batches.values())))
-            self._bar = tqdm(total=count, desc=desc, unit="sample", disable=not progress, leave=False)
-            self._it = iter_batches(batches, CALIBRATION_BATCH)
+            self._bar = tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False)
+            self._it = samples.batches(max_batch)
 
         def get_next(self) -> Optional[Dict[str, Any]]:
             batch = next(self._it, None)
@@ -72,33 +180,40 @@ def quantize_int8(
     fp32_path: Path,
     out_path: Path,
     cache_path: Path,
-    batches: Batches,
+    samples: SampleSet,
     settings: QuantizationSettings,
     *,
     progress: bool = True,
     desc: str = "calibrate",
+    notice: Optional[Notice] = None,
+    max_batch: int = CALIBRATION_BATCH,
 ) -> None:
-    """Write a static INT8 QDQ model of ``fp32_path`` to ``out_path``; ranges to ``cache_path``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quant_pre_process, quantize_static
+    """Write a static INT8 QDQ model of ``fp32_path`` to ``out_path``; ranges to ``cache_path``.
+
+    ``samples`` feed every input, at most ``max_batch`` of one shape at a time; ``notice`` receives
+    progress notes (e.g. a shape-inference fallback).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as tmp:
+    paths = [p.resolve() for p in (fp32_path, out_path, cache_path)]  # the block below changes directory
+    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as tmp, _working_directory(Path(tmp)):
         prepared = Path(tmp) / "prepared.onnx"
+        preprocess(paths[0], prepared, notice or (lambda message: None))
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
             quantize_static(
                 str(prepared),
-                str(out_path),
-                _reader(batches, progress, desc),
+                str(paths[1]),
+                _reader(samples, fixed_batch(paths[0], max_batch), progress, desc),
                 quant_format=QuantFormat.QDQ,
                 per_channel=settings.per_channel,
                 calibrate_method=methods[settings.calibration_method],
-                calibration_cache_path=str(cache_path),
+                calibration_cache_path=str(paths[2]),
                 **_scheme_options(settings),
             )
-        except (ValueError, RuntimeError) as exc:
-            raise ExportError(f"INT8 quantization failed: {exc}") from exc
+        except Exception as exc:  # ORT's quantizer raises bare Exception too; one line, traceback chained
+            raise ExportError(f"INT8 quantization failed: {one_line(exc)}") from exc
