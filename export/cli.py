@@ -6,11 +6,12 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, Dict, NoReturn, Optional, Sequence, Tuple
 
 from edge_runtime.config import load_device_config
 from edge_runtime.errors import EdgeRuntimeError
 from export.io_spec import InputSpec, IoSpecError, ModelIO, load_spec_file, model_io, parse_input
+from export.steps.accuracy_budget import BudgetSpecError, parse_spec
 from export.steps.prune import PruneSpec
 
 EPILOG = """examples:
@@ -46,6 +47,16 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def _budget(text: str) -> Dict[str, float]:
+    try:
+        return parse_spec(text)
+    except BudgetSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_budget.__name__ = "accuracy budget"
 
 
 def _input(text: str) -> InputSpec:
@@ -105,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "directory of them (one sample per file may vary in length)")
     parser.add_argument("--calib-samples", type=_int_at_least(1),
                         help="calibration samples to use, >= 1 (default: from config)")
+    parser.add_argument("--eval-data", type=Path,
+                        help="held-out data for the accuracy check, in --calib-data's formats (labels from "
+                             "labels.json beside .npz samples); default: the model's test split, else 25 %% of the "
+                             "calibration samples split off with --seed")
+    parser.add_argument("--accuracy-budget", type=_budget, metavar="SPEC",
+                        help="what INT8 may cost vs FP32 on held-out data, comma-separated metric=value: "
+                             "top1-drop=0.5 (points; needs labels), cosine-mean=0.99, cosine-min=0.95, max-abs=0.05. "
+                             "Default: top1-drop=1 with labels, else cosine-mean=0.99,cosine-min=0.95. No INT8 mix "
+                             "within it: FP32 (FP16 on TensorRT) is shipped instead")
+    parser.add_argument("--max-trials", type=_int_at_least(0), default=12,
+                        help="most sensitivity-pass trials (INT8 nodes put back to float) per scheme, >= 0 "
+                             "(default 12)")
     parser.add_argument("--skip-engine", action="store_true",
                         help="for TensorRT targets: bundle the QDQ ONNX without building an engine")
     parser.add_argument("--key", type=Path, required=True, help="ed25519 signing key (edge-runtime keygen)")
@@ -186,6 +209,7 @@ def _run(args: argparse.Namespace, io: Optional[ModelIO]) -> int:
         finetune_epochs=args.finetune_epochs, calib_data=args.calib_data, calib_samples=args.calib_samples,
         skip_engine=args.skip_engine, force=args.force, name=args.name, version=args.version,
         seed=args.seed, latency_runs=args.latency_runs, progress=not args.quiet,
+        accuracy_budget=args.accuracy_budget, max_trials=args.max_trials, eval_data=args.eval_data,
     )
     result = run_export(request)
     print(result.render())

@@ -1,5 +1,10 @@
 """The export pipeline: model → (prune) → ONNX → per-target INT8/FP16 → (engine) → report → signed bundle.
 
+INT8 is accuracy-aware (export/steps/int8_targets.py, quant_search.py): candidates are measured on
+held-out data against the accuracy budget, the fastest within it ships, else FP32/FP16 and a loud
+note; every shipped INT8 file is measured again right before signing. The bundle records what was
+tried and chosen (report.json ``quantization``) and the model's measured memory (``memory_mb``).
+
 Everything is written into a staging directory beside the output and renamed into place
 only when the bundle is complete and signed: a failure at any step leaves no half bundle.
 Cheap checks (signing key, output location, precisions) run before any heavy work.
@@ -7,6 +12,7 @@ Cheap checks (signing key, output location, precisions) run before any heavy wor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -30,7 +36,9 @@ from export.io_spec import ModelIO
 from export.models.sources import ModelSource, resolve_model
 from export.report import EvalSet, Variant, build_report, render_report
 from export.samples import SampleSet, random_samples
-from export.steps import calibrate, onnx_export, quantize, trt_build
+from export.steps import calibrate, held_out, memory, onnx_export, quantize, trt_build
+from export.steps.held_out import HeldOut
+from export.steps.int8_targets import Int8Targets, SearchOptions
 from export.steps.prune import PruneSpec, apply_pruning, count_macs_params
 
 FP32_ONNX = "model.onnx"
@@ -61,6 +69,9 @@ class ExportRequest:
     seed: int = 0
     latency_runs: int = 50
     progress: bool = True
+    accuracy_budget: Optional[Dict[str, float]] = None  # parsed --accuracy-budget; None: the default
+    max_trials: int = 12
+    eval_data: Optional[Path] = None
 
 
 @dataclass
@@ -96,7 +107,8 @@ def _check_numbers(request: ExportRequest) -> None:
     """The numeric options' ranges (the CLI checks them too, at parse time)."""
     for name, value, low in (("--seed", request.seed, 0), ("--latency-runs", request.latency_runs, 1),
                              ("--finetune-epochs", request.finetune_epochs, 0),
-                             ("--calib-samples", request.calib_samples, 1)):
+                             ("--calib-samples", request.calib_samples, 1),
+                             ("--max-trials", request.max_trials, 0)):
         if value is not None and value < low:
             raise ExportError(f"{name} must be >= {low}, got {value}")
 
@@ -192,12 +204,12 @@ def _export_fp32(request: ExportRequest, source: ModelSource, path: Path) -> Dic
 
 
 def _calibration(request: ExportRequest, source: ModelSource, inputs: Sequence[TensorSpec]) -> SampleSet:
-    """The calibration samples: --calib-data, else the reference model's training split."""
+    """The calibration samples (labels from labels.json when given): --calib-data, else the training split."""
     limit = request.calib_samples
     if limit is None:
         limit = request.configs[0].quantization.calibration_samples
     if request.calib_data is not None:
-        return calibrate.load_samples(request.calib_data, inputs, limit)
+        return held_out.load_labelled(request.calib_data, inputs, limit)
     if source.data is not None and len(inputs) == 1:
         return calibrate.check_arrays({inputs[0].name: source.data.calibration(limit)}, inputs,
                                       f"{source.name} training split")
@@ -207,11 +219,17 @@ def _calibration(request: ExportRequest, source: ModelSource, inputs: Sequence[T
     )
 
 
-def _eval_set(source: ModelSource, calibration: Optional[SampleSet], inputs: Sequence[TensorSpec]) -> EvalSet:
-    """Labelled held-out data when the model has some, else --calib-data's samples, else random inputs."""
+def _test_split(source: ModelSource, inputs: Sequence[TensorSpec]) -> Optional[SampleSet]:
     if source.data is not None and len(inputs) == 1:
-        samples = SampleSet.from_batched({inputs[0].name: source.data.test_x}, source.data.test_y)
-        return EvalSet(samples, f"top-1 on the held-out split ({len(samples)} samples)")
+        return SampleSet.from_batched({inputs[0].name: source.data.test_x}, source.data.test_y)
+    return None
+
+
+def _eval_set(source: ModelSource, calibration: Optional[SampleSet], inputs: Sequence[TensorSpec]) -> EvalSet:
+    """Without INT8: labelled held-out data when the model has some, else calibration samples, else random."""
+    test = _test_split(source, inputs)
+    if test is not None:
+        return EvalSet(test, f"top-1 on the held-out split ({len(test)} samples)")
     if calibration is not None:
         samples = calibration.head(EVAL_SAMPLES)
         return EvalSet(samples, f"fidelity to FP32 on {len(samples)} calibration inputs (no labels)")
@@ -219,26 +237,19 @@ def _eval_set(source: ModelSource, calibration: Optional[SampleSet], inputs: Seq
     return EvalSet(samples, f"fidelity to FP32 on {len(samples)} random inputs (no labels, no calibration data)")
 
 
-def _target(request: ExportRequest, config: DeviceConfig, staging: Path, calibration: Optional[SampleSet],
+def _target(request: ExportRequest, config: DeviceConfig, staging: Path, int8: Optional[Int8Targets],
             artifacts: List[ArtifactSpec], variants: List[Variant], notes: List[str]) -> TargetInfo:
     """Produce one target's artifacts and register them for the manifest and the report."""
     precision = _precision_for(request, config)
     model_file = FP32_ONNX
-    if precision == "int8" and calibration is None:  # the FP32 graph has nothing to quantize
+    if precision == "int8" and int8 is None:  # the FP32 graph has nothing to quantize
         precision = "fp32"
         notes.append(f"{config.name}: nothing to quantize: kept FP32 (no float MatMul/Gemm/Conv in the graph)")
         _say(request, f"{config.name}: nothing to quantize: kept FP32")
     if precision == "int8":
-        assert calibration is not None
-        model_file, calib_file = f"onnx/{config.name}.int8.onnx", f"calib/{config.name}.calib.json"
-        (staging / "onnx").mkdir(exist_ok=True)
-        (staging / "calib").mkdir(exist_ok=True)
-        _say(request, f"{config.name}: INT8 {config.quantization.scheme}, {len(calibration)} calibration samples")
-        quantize.quantize_int8(staging / FP32_ONNX, staging / model_file, staging / calib_file, calibration,
-                               config.quantization, progress=request.progress, desc=f"calibrate {config.name}",
-                               notice=lambda message: _say(request, f"{config.name}: {message}"))
-        artifacts += [ArtifactSpec(model_file, "onnx", config.name, precision),
-                      ArtifactSpec(calib_file, "calib", config.name, precision)]
+        assert int8 is not None
+        precision = int8.run(config, staging, artifacts, notes)
+        model_file = f"onnx/{config.name}.int8.onnx" if precision == "int8" else FP32_ONNX
     if config.uses_tensorrt:
         if request.skip_engine:
             notes.append(f"{config.name}: no TensorRT engine built (--skip-engine); "
@@ -254,12 +265,21 @@ def _target(request: ExportRequest, config: DeviceConfig, staging: Path, calibra
                       tensorrt_version=config.tensorrt_version, jetpack=config.jetpack, l4t=config.l4t)
 
 
+def _memory(request: ExportRequest, variants: Sequence[Variant], feed: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """The shipped model files' measured memory at the largest batch the targets allow."""
+    batch = quantize.fixed_batch(variants[0].path, max(config.batch.max for config in request.configs))
+    files = {v.file: v.path for v in variants if v.file is not None}
+    _say(request, f"memory: loading {len(files)} model file(s) at batch {batch}")
+    return memory.bundle_memory(files, feed, batch)
+
+
 def _build(request: ExportRequest, staging: Path, private_key: Any) -> Tuple[Manifest, Dict[str, Any]]:
     source = resolve_model(request.model, weights=request.weights, input_shape=request.input_shape,
                            io=request.io, seed=request.seed, progress=request.progress)
     _say(request, f"model: {source.name}, inputs {source.io}")
     if request.prune is not None and source.is_onnx:
         raise PruningError("pruning needs the PyTorch model; an .onnx input cannot be pruned (drop --prune)")
+    staging = staging.resolve()  # the INT8 work runs with a temporary directory as the current one
     compute: Dict[str, Any] = {}
     variants: List[Variant] = []
     notes: List[str] = []
@@ -279,17 +299,36 @@ def _build(request: ExportRequest, staging: Path, private_key: Any) -> Tuple[Man
         # a graph without float MatMul/Gemm/Conv keeps FP32 on INT8 targets: no calibration asked
         quantizable = needs_int8 and quantize.has_quantizable_ops(staging / FP32_ONNX)
         data = _calibration(request, source, inputs) if quantizable or request.calib_data is not None else None
-        calibration = data if quantizable else None
-        targets = [_target(request, c, staging, calibration, artifacts, variants, notes) for c in request.configs]
+        int8: Optional[Int8Targets] = None
+        with contextlib.ExitStack() as stack:
+            if quantizable:
+                assert data is not None
+                eval_data = None if request.eval_data is None else held_out.load_labelled(request.eval_data, inputs)
+                calib, samples, where = held_out.held_out_set(eval_data, _test_split(source, inputs), data,
+                                                              request.seed)
+                options = SearchOptions(request.accuracy_budget, request.max_trials, request.latency_runs,
+                                        request.progress)
+                int8 = Int8Targets.open(stack, options, calib, HeldOut(samples, inputs, outputs, where),
+                                        staging / FP32_ONNX, lambda message: _say(request, message))
+            targets = [_target(request, c, staging, int8, artifacts, variants, notes) for c in request.configs]
+        eval_set = (EvalSet(int8.evaluation.samples, int8.evaluation.description()) if int8 is not None
+                    else _eval_set(source, data, inputs))
         _say(request, f"report: evaluating {len(variants)} variants, {request.latency_runs} latency rounds")
-        report = build_report(model=source.name, variants=variants, eval_set=_eval_set(source, data, inputs),
+        report = build_report(model=source.name, variants=variants, eval_set=eval_set,
                               latency_runs=request.latency_runs, compute=compute, notes=notes,
                               progress=request.progress)
+        report["memory"] = _memory(request, variants, eval_set.samples.representative())
+    metadata: Dict[str, Any] = {"exporter": "edge-export", "pruning": compute.get("pruning"),
+                                "memory_mb": report["memory"]["memory_mb"]}
+    if int8 is not None:
+        report["quantization"] = int8.report
+        metadata["quantization"] = int8.metadata()
+        int8.assert_within_budget()  # right before signing, on the files in the bundle
     (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     artifacts.append(ArtifactSpec("report.json", "report"))
     manifest = finalize_bundle(
         staging, name=request.name or source.name, version=request.version, inputs=inputs, outputs=outputs,
         source_model_sha256=source.source_sha256, artifacts=artifacts, targets=targets,
-        private_key=private_key, metadata={"exporter": "edge-export", "pruning": compute.get("pruning")},
+        private_key=private_key, metadata=metadata,
     )
     return manifest, report

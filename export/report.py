@@ -210,5 +210,29 @@ def render_report(report: Dict[str, Any]) -> str:
             f"{v['label']:34} {v['precision']:9} {m['size_bytes'] / 1e6:8.3f} "
             f"{m['latency_p50_ms']:8.3f} {top:>8} {cosine:>8} {worst:>8}"
         )
+    for target, entry in (report.get("quantization") or {}).items():
+        lines += render_candidates(target, entry)
+    if report.get("memory"):
+        lines.append(f"memory: {report['memory']['memory_mb']} MiB at batch {report['memory']['batch']}")
     lines += [f"note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
+
+
+def _figure(metrics: Dict[str, Any], key: str, digits: int) -> str:
+    value = metrics.get(key)
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_candidates(target: str, entry: Dict[str, Any]) -> List[str]:
+    """The INT8 candidates tried for ``target`` as a short table, and the choice."""
+    budget = ", ".join(f"{k}={v:g}" for k, v in entry["budget"].items())
+    lines = [f"INT8 search for {target} ({entry['scheme']}, budget {budget}): choice {entry['choice']}",
+             f"  {'candidate':26} {'p50 ms':>8} {'size MB':>8} {'top-1 drop':>10} {'cosine':>8} {'min cos':>8}  budget"]
+    for candidate in entry["candidates"]:
+        m = candidate["metrics"]
+        p50 = candidate.get("latency_p50_ms")
+        lines.append(f"  {candidate['name']:26} {p50 if p50 is not None else float('nan'):8.3f} "
+                     f"{candidate['size_bytes'] / 1e6:8.3f} {_figure(m, 'top1_drop', 2):>10} "
+                     f"{_figure(m, 'cosine_mean', 5):>8} {_figure(m, 'cosine_min', 5):>8}  "
+                     f"{'ok' if candidate['within_budget'] else 'BROKEN'}")
+    return lines

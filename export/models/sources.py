@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -113,6 +115,8 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelSourceError(f"bad model import path '{spec}': expected 'package.module:factory'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` does: a model package in the current directory imports
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

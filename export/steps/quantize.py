@@ -20,10 +20,11 @@ when it fails), so they run with a temporary directory as the current one, alway
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Set
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Set
 
 from tqdm import tqdm
 
@@ -176,6 +177,108 @@ def _scheme_options(settings: QuantizationSettings) -> Dict[str, Any]:
     raise ExportError(f"unknown quantization scheme '{settings.scheme}'")
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Silence ORT quantizer's root-logger warnings (e.g. per-channel axes of LayerNorm weights) for a block."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    """A temporary directory, also the current one while open (ORT's tools write into the cwd); removed after."""
+    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as tmp, _working_directory(Path(tmp)):
+        yield Path(tmp)
+
+
+def prepare(fp32_path: Path, directory: Path, notice: Notice) -> Path:
+    """Pre-process ``fp32_path`` into ``directory`` (a :func:`workspace`) and name any unnamed node.
+
+    Every candidate is quantized from this one file, and node names are what a plan excludes by.
+    """
+    import onnx
+
+    prepared = directory / "prepared.onnx"
+    preprocess(fp32_path.resolve(), prepared, notice)
+    model = onnx.load(str(prepared))
+    unnamed = [node for node in model.graph.node if not node.name]
+    if unnamed:
+        taken = {node.name for node in model.graph.node}
+        for index, node in enumerate(unnamed):
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+        prepared = directory / "prepared-named.onnx"
+        onnx.save_model(model, str(prepared), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=prepared.name + ".data")
+    return prepared
+
+
+def quantize_static_model(
+    prepared: Path,
+    out_path: Path,
+    cache_path: Optional[Path],
+    samples: SampleSet,
+    settings: QuantizationSettings,
+    *,
+    op_types: Optional[Sequence[str]] = None,
+    exclude: Sequence[str] = (),
+    float_outputs: Sequence[str] = (),
+    progress: bool = True,
+    desc: str = "calibrate",
+    max_batch: int = CALIBRATION_BATCH,
+) -> None:
+    """Static INT8 QDQ of a :func:`prepare`-d model: ``op_types`` (None: ORT's default, every op it can)
+    except the nodes in ``exclude``; outputs of ``float_outputs`` op types stay float (inputs-only QDQ);
+    calibration ranges to ``cache_path`` when given."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    options = _scheme_options(settings)
+    if float_outputs:
+        options["extra_options"] = {**options["extra_options"],
+                                    "OpTypesToExcludeOutputQuantization": list(float_outputs)}
+    try:
+        with _quiet_root_logger():
+            quantize_static(
+                str(prepared),
+                str(out_path.resolve()),
+                _reader(samples, fixed_batch(prepared, max_batch), progress, desc),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types) if op_types is not None else None,
+                nodes_to_exclude=list(exclude) or None,
+                per_channel=settings.per_channel,
+                calibrate_method=methods[settings.calibration_method],
+                calibration_cache_path=str(cache_path.resolve()) if cache_path is not None else None,
+                **options,
+            )
+    except Exception as exc:  # ORT's quantizer raises bare Exception too; one line, traceback chained
+        raise ExportError(f"INT8 quantization failed: {one_line(exc)}") from exc
+
+
+def quantize_dynamic_model(prepared: Path, out_path: Path, op_types: Sequence[str] = ("MatMul", "Gemm")) -> None:
+    """Dynamic INT8 of a :func:`prepare`-d model: int8 weights of ``op_types``, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        with _quiet_root_logger():
+            quantize_dynamic(str(prepared), str(out_path.resolve()), op_types_to_quantize=list(op_types),
+                             weight_type=QuantType.QInt8)
+    except Exception as exc:  # as above
+        raise ExportError(f"dynamic INT8 quantization failed: {one_line(exc)}") from exc
+
+
 def quantize_int8(
     fp32_path: Path,
     out_path: Path,
@@ -187,33 +290,17 @@ def quantize_int8(
     desc: str = "calibrate",
     notice: Optional[Notice] = None,
     max_batch: int = CALIBRATION_BATCH,
+    op_types: Optional[Sequence[str]] = None,
+    exclude: Sequence[str] = (),
 ) -> None:
     """Write a static INT8 QDQ model of ``fp32_path`` to ``out_path``; ranges to ``cache_path``.
 
     ``samples`` feed every input, at most ``max_batch`` of one shape at a time; ``notice`` receives
-    progress notes (e.g. a shape-inference fallback).
+    progress notes (e.g. a shape-inference fallback). ``op_types`` None quantizes every op ORT can
+    (naive); the accuracy-aware export goes through :mod:`export.steps.quant_search` instead.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
     paths = [p.resolve() for p in (fp32_path, out_path, cache_path)]  # the block below changes directory
-    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as tmp, _working_directory(Path(tmp)):
-        prepared = Path(tmp) / "prepared.onnx"
-        preprocess(paths[0], prepared, notice or (lambda message: None))
-        try:
-            quantize_static(
-                str(prepared),
-                str(paths[1]),
-                _reader(samples, fixed_batch(paths[0], max_batch), progress, desc),
-                quant_format=QuantFormat.QDQ,
-                per_channel=settings.per_channel,
-                calibrate_method=methods[settings.calibration_method],
-                calibration_cache_path=str(paths[2]),
-                **_scheme_options(settings),
-            )
-        except Exception as exc:  # ORT's quantizer raises bare Exception too; one line, traceback chained
-            raise ExportError(f"INT8 quantization failed: {one_line(exc)}") from exc
+    with workspace() as tmp:
+        prepared = prepare(paths[0], tmp, notice or (lambda message: None))
+        quantize_static_model(prepared, paths[1], paths[2], samples, settings, op_types=op_types, exclude=exclude,
+                              progress=progress, desc=desc, max_batch=max_batch)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +37,8 @@ def write_npz_samples(
     paths: List[Path] = []
     for index, sample in enumerate(samples):
         path = directory / f"sample_{index:05d}.npz"
-        np.savez(path, **sample)
+        arrays: Dict[str, Any] = dict(sample)  # typed Any: numpy's stub would match allow_pickle to an array
+        np.savez(path, **arrays)
         paths.append(path)
     if labels is not None:
         if len(labels) != len(samples):

@@ -14,7 +14,7 @@ Sample folders: :func:`write_npz_samples` (format in ``tests/export_models``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -55,9 +55,10 @@ def build(seed: int = DEFAULT_SEED, layers: int = 4, hidden: int = 128, heads: i
     """The encoder with random (seeded) weights, in eval mode."""
     from transformers import BertConfig, BertModel
 
+    options: Dict[str, Any] = {"attn_implementation": "eager"}  # not in BertConfig's typed signature
     config = BertConfig(
         vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=4 * hidden, max_position_embeddings=128, attn_implementation="eager",
+        intermediate_size=4 * hidden, max_position_embeddings=128, **options,
     )
     torch.manual_seed(seed)
     return MeanPooledBert(BertModel(config, add_pooling_layer=False)).eval()
