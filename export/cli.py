@@ -13,6 +13,7 @@ from edge_runtime.errors import EdgeRuntimeError
 from export.io_spec import InputSpec, IoSpecError, ModelIO, load_spec_file, model_io, parse_input
 from export.steps.accuracy_budget import BudgetSpecError, parse_spec
 from export.steps.prune import PruneSpec
+from export.text_data import DEFAULT_MAX_LENGTH, TOKENIZER_FIELDS, TextEncoding
 
 EPILOG = """examples:
   edge-export --model digits-cnn --config device_configs/x86-cpu.yaml --key keys/signing.key --out bundles/digits
@@ -22,6 +23,7 @@ EPILOG = """examples:
   edge-export --model mypkg.text:encoder --input input_ids:batch,seq:int64 \\
               --input attention_mask:batch,seq:int64 --output embedding --precision fp32 ...
   edge-export --model model.onnx --calib-data calib.npz ...
+  edge-export --model encoder.onnx --tokenizer tokenizer.json --calib-data lines.txt ...
 """
 
 
@@ -112,14 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-epochs", type=_int_at_least(0), default=5,
                         help="fine-tuning epochs after pruning when training data exists (default 5)")
     parser.add_argument("--calib-data", type=Path,
-                        help=".npz with one array per input name (N first), .npy for a single-input model, or a "
-                             "directory of them (one sample per file may vary in length)")
+                        help=".npz with one array per input name (N first), .npy for a single-input model, a "
+                             "directory of them (one sample per file may vary in length), or a .txt file with "
+                             "--tokenizer")
     parser.add_argument("--calib-samples", type=_int_at_least(1),
                         help="calibration samples to use, >= 1 (default: from config)")
     parser.add_argument("--eval-data", type=Path,
                         help="held-out data for the accuracy check, in --calib-data's formats (labels from "
                              "labels.json beside .npz samples); default: the model's test split, else 25 %% of the "
                              "calibration samples split off with --seed")
+    parser.add_argument("--tokenizer", type=Path, metavar="FILE",
+                        help="a Hugging Face tokenizers file (tokenizer.json): --calib-data/--eval-data may then be "
+                             "a UTF-8 .txt file, one sample per non-blank line, unpadded and unlabelled, fed to the "
+                             f"model's inputs named {', '.join(TOKENIZER_FIELDS)}")
+    parser.add_argument("--max-length", type=_int_at_least(1), metavar="N",
+                        help=f"most tokens per text sample, >= 1 (default {DEFAULT_MAX_LENGTH}; with --tokenizer)")
     parser.add_argument("--accuracy-budget", type=_budget, metavar="SPEC",
                         help="what INT8 may cost vs FP32 on held-out data, comma-separated metric=value: "
                              "top1-drop=0.5 (points; needs labels), cosine-mean=0.99, cosine-min=0.95, max-abs=0.05. "
@@ -161,6 +170,32 @@ def _model_io(args: argparse.Namespace) -> Optional[ModelIO]:
     return io
 
 
+def _text_flags_error(args: argparse.Namespace) -> Optional[str]:
+    """Why --tokenizer, --max-length and .txt data do not go together as given, if they do not."""
+    texts = [(flag, path) for flag, path in (("--calib-data", args.calib_data), ("--eval-data", args.eval_data))
+             if path is not None and path.suffix == ".txt"]
+    if args.tokenizer is None:
+        if texts:
+            return f"{texts[0][0]} {texts[0][1]}: a text file needs --tokenizer FILE"
+        if args.max_length is not None:
+            return "--max-length applies with --tokenizer"
+    elif not texts:
+        return "--tokenizer applies to a .txt --calib-data or --eval-data"
+    return None
+
+
+def _text_encoding(args: argparse.Namespace) -> Optional[TextEncoding]:
+    """The loaded --tokenizer (read before any heavy work), with skipped-line notices unless --quiet."""
+    if args.tokenizer is None:
+        return None
+
+    def notice(message: str) -> None:
+        if not args.quiet:
+            print(f"[edge-export] {message}", file=sys.stderr, flush=True)
+
+    return TextEncoding.load(args.tokenizer, args.max_length or DEFAULT_MAX_LENGTH, notice)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -177,6 +212,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         io = _model_io(args)
     except IoSpecError as exc:
         parser.error(str(exc))
+    text_error = _text_flags_error(args)
+    if text_error is not None:
+        parser.error(text_error)
     try:
         return _run(args, io)
     except EdgeRuntimeError as exc:
@@ -210,6 +248,7 @@ def _run(args: argparse.Namespace, io: Optional[ModelIO]) -> int:
         skip_engine=args.skip_engine, force=args.force, name=args.name, version=args.version,
         seed=args.seed, latency_runs=args.latency_runs, progress=not args.quiet,
         accuracy_budget=args.accuracy_budget, max_trials=args.max_trials, eval_data=args.eval_data,
+        text=_text_encoding(args),
     )
     result = run_export(request)
     print(result.render())

@@ -40,6 +40,7 @@ from export.steps import calibrate, held_out, memory, onnx_export, quantize, trt
 from export.steps.held_out import HeldOut
 from export.steps.int8_targets import Int8Targets, SearchOptions
 from export.steps.prune import PruneSpec, apply_pruning, count_macs_params
+from export.text_data import TextEncoding
 
 FP32_ONNX = "model.onnx"
 EVAL_SAMPLES = 64  # calibration samples reused for the fidelity check when there are no labels
@@ -72,6 +73,7 @@ class ExportRequest:
     accuracy_budget: Optional[Dict[str, float]] = None  # parsed --accuracy-budget; None: the default
     max_trials: int = 12
     eval_data: Optional[Path] = None
+    text: Optional[TextEncoding] = None  # --tokenizer: how .txt calibration/eval data becomes samples
 
 
 @dataclass
@@ -209,7 +211,7 @@ def _calibration(request: ExportRequest, source: ModelSource, inputs: Sequence[T
     if limit is None:
         limit = request.configs[0].quantization.calibration_samples
     if request.calib_data is not None:
-        return held_out.load_labelled(request.calib_data, inputs, limit)
+        return held_out.load_labelled(request.calib_data, inputs, limit, request.text)
     if source.data is not None and len(inputs) == 1:
         return calibrate.check_arrays({inputs[0].name: source.data.calibration(limit)}, inputs,
                                       f"{source.name} training split")
@@ -303,7 +305,8 @@ def _build(request: ExportRequest, staging: Path, private_key: Any) -> Tuple[Man
         with contextlib.ExitStack() as stack:
             if quantizable:
                 assert data is not None
-                eval_data = None if request.eval_data is None else held_out.load_labelled(request.eval_data, inputs)
+                eval_data = None if request.eval_data is None else held_out.load_labelled(request.eval_data, inputs,
+                                                                                        text=request.text)
                 calib, samples, where = held_out.held_out_set(eval_data, _test_split(source, inputs), data,
                                                               request.seed)
                 options = SearchOptions(request.accuracy_budget, request.max_trials, request.latency_runs,

@@ -7,7 +7,8 @@ Accepted sources:
 * one ``.npy`` file: a batch (or one sample) for a single-input model;
 * a directory of such files, read in name order. Each file is a batch or one sample (no batch
   axis, or a batch of 1), so files may differ in their dynamic axes (sequence length): the
-  samples are bucketed by shape when batched, never padded.
+  samples are bucketed by shape when batched, never padded;
+* a ``.txt`` file with ``--tokenizer``: one sample per non-blank line (export/text_data.py).
 
 Every array must match its input's dtype exactly and its shape on every fixed axis;
 NaN and infinity are refused. Each problem is one CalibrationDataError line.
@@ -23,6 +24,7 @@ import numpy as np
 from edge_runtime.bundle.manifest import TensorSpec
 from export.errors import CalibrationDataError
 from export.samples import Batch, SampleSet
+from export.text_data import TextEncoding
 
 
 def _read_file(path: Path, inputs: Sequence[TensorSpec]) -> Dict[str, np.ndarray]:
@@ -100,10 +102,15 @@ def _files(path: Path) -> List[Path]:
     raise CalibrationDataError(f"calibration data not found: {path}")
 
 
-def load_samples(path: Path, inputs: Sequence[TensorSpec], limit: Optional[int] = None) -> SampleSet:
+def load_samples(path: Path, inputs: Sequence[TensorSpec], limit: Optional[int] = None,
+                 text: Optional[TextEncoding] = None) -> SampleSet:
     """Read and check the samples at ``path`` (see the module docstring); keep the first ``limit``."""
     if limit is not None and limit < 1:
         raise CalibrationDataError(f"the number of calibration samples must be at least 1, got {limit}")
+    if path.suffix == ".txt":
+        if text is None:
+            raise CalibrationDataError(f"{path}: a text file becomes samples only with --tokenizer FILE")
+        return text.samples(path, inputs, limit)
     parts: List[SampleSet] = []
     count = 0
     for file in _files(path):

@@ -28,6 +28,7 @@ from edge_runtime.bundle.manifest import TensorSpec
 from export.errors import CalibrationDataError
 from export.report import Outputs, fidelity, run_samples, session, top1
 from export.samples import Batch, SampleSet
+from export.text_data import TextEncoding
 
 PADDED_BATCH = 8
 HELD_OUT_FRACTION = 0.25
@@ -61,11 +62,13 @@ def with_labels(samples: SampleSet, path: Path) -> SampleSet:
     return SampleSet(samples.samples, np.asarray(labels[: len(samples)], np.int64))
 
 
-def load_labelled(path: Path, inputs: Sequence[TensorSpec], limit: Optional[int] = None) -> SampleSet:
-    """Samples at ``path`` (--calib-data's formats), labelled when ``labels.json`` is beside them."""
+def load_labelled(path: Path, inputs: Sequence[TensorSpec], limit: Optional[int] = None,
+                  text: Optional[TextEncoding] = None) -> SampleSet:
+    """Samples at ``path`` (--calib-data's formats), labelled when ``labels.json`` is beside them (not text)."""
     from export.steps.calibrate import load_samples
 
-    return with_labels(load_samples(path, inputs, limit), path)
+    samples = load_samples(path, inputs, limit, text)
+    return samples if path.suffix == ".txt" else with_labels(samples, path)
 
 
 def split_off(samples: SampleSet, seed: int, fraction: float = HELD_OUT_FRACTION) -> Tuple[SampleSet, SampleSet]:
