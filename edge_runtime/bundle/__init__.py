@@ -42,6 +42,7 @@ from edge_runtime.bundle.verify import (
     VerifiedBundle,
     open_bundle,
     open_regular,
+    read_limited,
     sha256_file,
     verify_bundle,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "match",
     "open_bundle",
     "open_regular",
+    "read_limited",
     "sha256_file",
     "sign_manifest",
     "verify_bundle",

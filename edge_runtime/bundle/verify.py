@@ -22,7 +22,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Collection, Iterator, List, Sequence, Type, Union
+from typing import BinaryIO, Collection, Iterator, List, Optional, Sequence, Type, Union
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -105,11 +105,17 @@ def _read_small(root: Path, name: str, limit: int, error: Type[BundleError]) -> 
         raise error(f"{name}: {exc}") from None
     except OSError as exc:
         raise error(f"{name}: cannot read ({_describe_open_error(path, exc)})") from exc
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
+    data = read_limited(fd, limit)
+    if data is None:
         raise error(f"{name}: larger than {limit} bytes; refusing to read it")
     return data
+
+
+def read_limited(fd: int, limit: int) -> Optional[bytes]:
+    """All of an open file (the descriptor is closed), or None when it holds more than ``limit`` bytes."""
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 class NotARegularFile(OSError):

@@ -16,14 +16,13 @@ The pointer is never rewritten to repair it: that stays an explicit act.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 from edge_runtime.atomic_io import remove_stale_temp_files, write_bytes_atomic
-from edge_runtime.bundle import NotARegularFile, open_regular
+from edge_runtime.bundle import NotARegularFile, open_regular, read_limited
 from edge_runtime.errors import PointerError
 
 POINTER_NAME = "active.json"
@@ -84,9 +83,8 @@ def read_pointer(model_dir: Path) -> Optional[ActiveVersion]:
         raise PointerError(f"{POINTER_NAME}: {exc}") from None
     except OSError as exc:
         raise PointerError(f"{POINTER_NAME}: cannot read ({exc.strerror or exc})") from exc
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_POINTER_BYTES + 1)
-    if len(data) > MAX_POINTER_BYTES:
+    data = read_limited(fd, MAX_POINTER_BYTES)
+    if data is None:
         raise PointerError(f"{POINTER_NAME}: larger than {MAX_POINTER_BYTES} bytes")
     try:
         document = json.loads(data.decode("utf-8"))

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Tuple
 
 import pytest
+import torch
 
 from edge_runtime.config import load_device_config
+from export.models.digits_cnn import DigitsCNN
 from export.pipeline import ExportRequest, ExportResult, run_export
+from export.steps.onnx_export import export_onnx
 from export.steps.prune import PruneSpec
 
 
@@ -33,3 +36,12 @@ def digits_pruned_bundle(tmp_path_factory: pytest.TempPathFactory, keypair: Tupl
     configs = [load_device_config(device_configs_dir / "x86-cpu.yaml")]
     return _export(tmp_path_factory.mktemp("bundles") / "digits-pruned", keypair[0], configs,
                    prune=PruneSpec("structured", 0.3), finetune_epochs=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained digits CNN as an .onnx file: the quickest model for the CLI's .onnx route."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "digits.onnx"
+    export_onnx(DigitsCNN().eval(), (1, 8, 8), path)
+    return path

@@ -13,11 +13,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
-import torch
 
 from export import cli
-from export.models.digits_cnn import DigitsCNN
-from export.steps.onnx_export import export_onnx
 
 
 def _run(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -110,14 +107,6 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
 
 
 # --- --force replaces a bundle or an empty directory, nothing else ------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "digits.onnx"
-    export_onnx(DigitsCNN().eval(), (1, 8, 8), path)
-    return path
 
 
 def test_force_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path, common: List[str], tiny_onnx: Path) -> None:

@@ -9,18 +9,6 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 import pytest
-import torch
-
-from export.models.digits_cnn import DigitsCNN
-from export.steps.onnx_export import export_onnx
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "digits.onnx"
-    export_onnx(DigitsCNN().eval(), (1, 8, 8), path)
-    return path
 
 
 def _run(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
