@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Mapping, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,6 +29,13 @@ class BackendOptions:
     max_batch_size: int = 8  # largest batch the serving layer will send (1: no batching)
     intra_op_threads: Optional[int] = None  # CPU backends; None: the library's default
     spinning: bool = False  # CPU thread pools busy-wait between runs (see RuntimeSettings.intra_op_spinning)
+    # Device-local engine cache (RuntimeSettings.engine_cache_dir); None: engines built here are not kept.
+    engine_cache_dir: Optional[Path] = None
+    # Called by a backend that knows what a model needs (a TensorRT engine's device memory plus its
+    # size, in MiB) before it takes that memory; raises MemoryBudgetError when it does not fit.
+    memory_check: Optional[Callable[[float], None]] = None
+    # Progress of long work (an engine build takes minutes on a Xavier): one line per call.
+    progress: Optional[Callable[[str], None]] = None
 
 
 class Backend(abc.ABC):
@@ -41,6 +49,9 @@ class Backend(abc.ABC):
         self._max_batch_size = 0
         self._loaded = False
         self.artifact = ""  # the bundle file this backend runs, for metadata and logs
+        # What this backend knows the model takes (MiB), where it knows it (TensorRT: engine device
+        # memory + engine size); None: the serving layer measures the process instead.
+        self.memory_mb: Optional[float] = None
 
     @property
     def inputs(self) -> Tuple[TensorSpec, ...]:

@@ -55,6 +55,50 @@ class QuantizationSettings:
 
 
 @dataclass(frozen=True)
+class DimRange:
+    """min/opt/max of a TensorRT optimization profile for one kind of dimension."""
+
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class DlaSettings:
+    """Engines for a Deep Learning Accelerator core (Xavier, Orin AGX/NX): static shapes, FP16/INT8 only.
+
+    DLA has no dynamic dimensions, so one engine is built per listed batch size (profile
+    min = opt = max); layers DLA cannot run fall back to the GPU. INT8 on DLA in TensorRT 8.x is
+    implicit quantization from the bundle's calibration cache (``calib/<target>.cache``), not QDQ.
+    """
+
+    core: int = 0
+    batch_sizes: Tuple[int, ...] = (1,)
+
+
+@dataclass(frozen=True)
+class TensorRTSettings:
+    """How the runtime builds, caches and runs TensorRT engines on this device."""
+
+    # Jetson memory is shared CPU/GPU DRAM: mapped page-locked host memory (DEVICEMAP) used by
+    # the engine directly saves the host<->device copies. False: pinned host + device buffers.
+    zero_copy: bool = False
+    # An engine built for another TensorRT/GPU/L4T: refuse (False) or rebuild it on the device
+    # from the bundle's ONNX into the engine cache, keeping the old engine until the new one loads.
+    rebuild_on_mismatch: bool = False
+    # No engine in the bundle for this device (or none that fits): build one at first load.
+    build_on_device: bool = True
+    # backend: tensorrt and TensorRT (or pycuda) missing: serve with ONNX Runtime (said in the
+    # log, `edge-runtime info` and model metadata) instead of failing the model.
+    allow_fallback: bool = False
+    # Optimization profile for every dynamic dimension that is not the batch axis (e.g. sequence length).
+    dynamic_dim: DimRange = field(default_factory=lambda: DimRange(1, 128, 512))
+    dla: Optional[DlaSettings] = None  # None: the GPU only
+    timing_cache: bool = True  # keep TensorRT's timing cache in the engine cache: later builds are faster
+    device_index: int = 0  # the CUDA device (Jetsons have one)
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """Everything the export pipeline and the runtime need to know about one target device."""
 
@@ -73,6 +117,7 @@ class DeviceConfig:
     cuda_version: Optional[str] = None
     tensorrt_version: Optional[str] = None
     dla_cores: int = 0
+    tensorrt: TensorRTSettings = field(default_factory=TensorRTSettings)
     source: str = field(default="", metadata=NOT_A_KEY)
 
     @property
@@ -127,6 +172,7 @@ def _check_device_config(cfg: DeviceConfig) -> None:
                 f"got {cfg.quantization.scheme!r}"
             )
     check_at_least(src, "dla_cores", cfg.dla_cores, 0)
+    _check_tensorrt(src, cfg)
     check_at_least(src, "memory_budget_mb", cfg.memory_budget_mb, 1)
     check_at_least(src, "workspace_mb", cfg.workspace_mb, 1)
 
@@ -159,3 +205,27 @@ def _check_quantization(src: str, quant: QuantizationSettings) -> None:
         src, "quantization.calibration_method", quant.calibration_method, CALIBRATION_METHODS
     )
     check_at_least(src, "quantization.calibration_samples", quant.calibration_samples, 1)
+
+
+def _check_tensorrt(src: str, cfg: DeviceConfig) -> None:
+    trt = cfg.tensorrt
+    dim = trt.dynamic_dim
+    if not 1 <= dim.min <= dim.opt <= dim.max:
+        raise ConfigError(f"{src}: tensorrt.dynamic_dim: expected 1 <= min <= opt <= max, "
+                          f"got min={dim.min}, opt={dim.opt}, max={dim.max}")
+    check_at_least(src, "tensorrt.device_index", trt.device_index, 0)
+    if trt.dla is None:
+        return
+    if not cfg.uses_tensorrt:
+        raise ConfigError(f"{src}: tensorrt.dla: DLA needs backend tensorrt")
+    if not 0 <= trt.dla.core < cfg.dla_cores:
+        raise ConfigError(f"{src}: tensorrt.dla.core: expected 0..{cfg.dla_cores - 1} "
+                          f"(dla_cores is {cfg.dla_cores}), got {trt.dla.core}")
+    if not trt.dla.batch_sizes:
+        raise ConfigError(f"{src}: tensorrt.dla.batch_sizes: expected at least one batch size")
+    for index, size in enumerate(trt.dla.batch_sizes):
+        if not 1 <= size <= cfg.batch.max:
+            raise ConfigError(f"{src}: tensorrt.dla.batch_sizes[{index}]: expected 1..batch.max "
+                              f"({cfg.batch.max}), got {size}")
+    if "fp16" not in cfg.precisions and "int8" not in cfg.precisions:
+        raise ConfigError(f"{src}: tensorrt.dla: DLA runs fp16 or int8 only, and precisions has neither")

@@ -113,6 +113,9 @@ class RuntimeSettings:
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 10.0
     load_models_at_start: bool = True
+    # Device-local TensorRT engines built on this device (never inside a signed bundle), keyed by
+    # the bundle's manifest hash and the engine fingerprint; also holds the timing cache.
+    engine_cache_dir: str = "engine-cache"
     source: str = field(default="", metadata=NOT_A_KEY)
 
     def resolve(self, path: str) -> Path:

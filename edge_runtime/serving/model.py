@@ -46,6 +46,8 @@ class ServedModel:
         self.platform = ""
         self.artifact = ""
         self.memory_mb = 0.0  # counted against the device's memory budget (set by the repository)
+        # Which backend serves and why, when it is not simply the device config's (e.g. a fallback).
+        self.backend_note = ""
         self._queue: Optional[RequestQueue] = None
         self._instances: List[ModelInstance] = []
         self._lock = threading.Lock()
