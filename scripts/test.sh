@@ -12,6 +12,7 @@ ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,export,dev]"
 # registries; the stubs alone are all mypy needs.
 .venv/bin/python -m pip show -q tensorrt-stubs >/dev/null 2>&1 ||
   .venv/bin/python -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
+.venv/bin/python scripts/lib/tensorrt_typings.py typings  # mypy-readable copy (see the script)
 
 echo "== ruff"
 .venv/bin/ruff check .

@@ -48,6 +48,8 @@ class ServedModel:
         self.memory_mb = 0.0  # counted against the device's memory budget (set by the repository)
         # Which backend serves and why, when it is not simply the device config's (e.g. a fallback).
         self.backend_note = ""
+        # Set by the memory budget before start: backends that know their need call it before taking it.
+        self.memory_check: Optional[Callable[[float], None]] = None
         self._queue: Optional[RequestQueue] = None
         self._instances: List[ModelInstance] = []
         self._lock = threading.Lock()
@@ -55,6 +57,11 @@ class ServedModel:
     @property
     def ready(self) -> bool:
         return self.state == READY
+
+    @property
+    def device(self) -> DeviceConfig:
+        """The device config this version is served for."""
+        return self._device
 
     @property
     def settings(self) -> RuntimeSettings:
@@ -65,7 +72,9 @@ class ServedModel:
         """Load and warm up every instance; READY only when all are. Raises the first load error."""
         wanted = min(self._settings.batching.max_batch_size, self._device.batch.max)
         options = BackendOptions(max_batch_size=wanted, intra_op_threads=self._settings.intra_op_threads,
-                                 spinning=self._settings.intra_op_spinning)
+                                 spinning=self._settings.intra_op_spinning,
+                                 engine_cache_dir=self._settings.resolve(self._settings.engine_cache_dir),
+                                 memory_check=self.memory_check, progress=self._progress)
         self._queue = RequestQueue(self._settings.batching)
         self._instances = [
             ModelInstance(f"{self.name}-{self.version}-{i}", self._factory, self.bundle, self._device, options,
@@ -84,6 +93,9 @@ class ServedModel:
         self.platform, self.artifact = first.name, first.artifact
         self._queue.set_max_batch_size(self.max_batch_size)  # known only once a backend has loaded
         self.state = READY
+
+    def _progress(self, message: str) -> None:
+        log.info("model %s version %s: %s", self.name, self.version, message)
 
     def infer(self, inputs: Mapping[str, np.ndarray], timeout_s: Optional[float] = None) -> Dict[str, np.ndarray]:
         """Validate, queue, wait for the result; records statistics for success and failure."""

@@ -118,7 +118,7 @@ def numpy_dtype(trt_dtype: Any, tensor: str) -> str:
 def make_logger(trt: TrtModule, errors: List[str], info: Optional[Callable[[str], None]] = None) -> Any:
     """A TensorRT logger that keeps error messages in ``errors`` (for one-line exceptions), warnings to ``info``."""
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 

@@ -28,7 +28,7 @@ class DeviceAllocation(Protocol):
     def __int__(self) -> int: ...
 
 
-class Stream(Protocol):
+class CudaStream(Protocol):
     """A CUDA stream; ``handle`` is what ``execute_async_v3`` takes."""
 
     handle: int
@@ -36,7 +36,7 @@ class Stream(Protocol):
     def synchronize(self) -> None: ...
 
 
-class Context(Protocol):
+class CudaContext(Protocol):
     """A CUDA context (the device's primary one), current on the thread that pushed it."""
 
     def push(self) -> None: ...
@@ -46,8 +46,8 @@ class Context(Protocol):
     def detach(self) -> None: ...
 
 
-class Device(Protocol):
-    def retain_primary_context(self) -> Context: ...
+class CudaDevice(Protocol):
+    def retain_primary_context(self) -> CudaContext: ...
 
     def compute_capability(self) -> Tuple[int, int]: ...
 
@@ -65,14 +65,14 @@ class CudaDriver(Protocol):
 
     def init(self) -> None: ...
 
-    def Device(self, ordinal: int) -> Device: ...  # noqa: N802 (pycuda's name)
+    def Device(self, ordinal: int) -> CudaDevice: ...  # pycuda's name
 
-    def Stream(self) -> Stream: ...  # noqa: N802 (pycuda's name)
+    def Stream(self) -> CudaStream: ...  # pycuda's name
 
     def mem_alloc(self, nbytes: int) -> DeviceAllocation: ...
 
     def pagelocked_empty(self, shape: Any, dtype: Any, order: str = "C", mem_flags: int = 0) -> np.ndarray: ...
 
-    def memcpy_htod_async(self, dest: Any, src: np.ndarray, stream: Stream) -> None: ...
+    def memcpy_htod_async(self, dest: Any, src: np.ndarray, stream: CudaStream) -> None: ...
 
-    def memcpy_dtoh_async(self, dest: np.ndarray, src: Any, stream: Stream) -> None: ...
+    def memcpy_dtoh_async(self, dest: np.ndarray, src: Any, stream: CudaStream) -> None: ...
