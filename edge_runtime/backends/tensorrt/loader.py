@@ -111,7 +111,8 @@ def plan_builds(manifest: Manifest, target: Optional[TargetInfo], device: Device
     if dla is not None and not pointless:
         calibration = None
         if precision == "int8":
-            found = manifest.artifacts_of("calib", device.name)
+            # calib/<target>.calib.json (the quantizer's ranges, for the record) is also of kind calib
+            found = [a for a in manifest.artifacts_of("calib", device.name) if a.path.endswith(".cache")]
             if not found:
                 raise BundleError(f"bundle '{manifest.name}' has no calibration cache for {device.name} "
                                   "(DLA INT8 needs calib/<target>.cache, written by the export for DLA targets)")

@@ -79,8 +79,11 @@ def _bundle(directory: Path, keypair: Tuple[Path, Path], engine: Optional[bytes]
         (directory / "engines").mkdir()
         (directory / "engines" / f"{target.name}.plan").write_bytes(engine)
         artifacts.append(ArtifactSpec(f"engines/{target.name}.plan", "engine", target.name, target.precision))
-    if calib:
+    if own_onnx or calib:  # every INT8 target records its quantizer's ranges as calib/<target>.calib.json
         (directory / "calib").mkdir()
+        (directory / "calib" / f"{target.name}.calib.json").write_bytes(b"{}")
+        artifacts.append(ArtifactSpec(f"calib/{target.name}.calib.json", "calib", target.name, "int8"))
+    if calib:
         (directory / "calib" / f"{target.name}.cache").write_bytes(b"TRT-8502-EntropyCalibration2\n")
         artifacts.append(ArtifactSpec(f"calib/{target.name}.cache", "calib", target.name, "int8"))
     finalize_bundle(directory, name="m", version="1", inputs=list(inputs), outputs=list(OUTPUTS),
