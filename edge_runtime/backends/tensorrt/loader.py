@@ -178,9 +178,8 @@ def _build_and_store(trt: api.TrtModule, runtime: Any, bundle: VerifiedBundle, d
         timing_cache=cache.timing_cache(host) if cache is not None and device.tensorrt.timing_cache else None,
         label=label,
     )
-    progress(f"building TensorRT engine {label} on this device (minutes on a Xavier)")
-    result = build_engine(trt, request, progress)
-    progress(f"built {label} in {result.seconds:.0f} s ({len(result.plan) / 2**20:.1f} MiB)")
+    result = build_engine(trt, request, progress)  # says what it builds, how far it is, and when it is done
+    log.info("engine %s: %.1f MiB plan", label, len(result.plan) / 2**20)
     loaded = _deserialize(runtime, result.plan, f"built on this device: {label}", size, errors)
     if cache is None:
         log.warning("no engine_cache_dir: the engine %s is built again at every load", label)
