@@ -108,6 +108,9 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="runtime settings YAML (as for serve): also say which backend its device config "
+                             "prefers, which one will serve here, and why")
 
 
 def _info(args: argparse.Namespace, out: TextIO) -> int:
@@ -116,6 +119,7 @@ def _info(args: argparse.Namespace, out: TextIO) -> int:
     from edge_runtime.host_info import host_facts
 
     facts = host_facts()
+    facts.update(_backend_facts(args.config))
     if args.json:
         print(json.dumps(facts, indent=2), file=out)
     else:
@@ -123,6 +127,29 @@ def _info(args: argparse.Namespace, out: TextIO) -> int:
         for key, value in facts.items():
             print(f"{key + ':':{width}}{value if value is not None else '-'}", file=out)
     return 0
+
+
+def _backend_facts(config: Optional[Path]) -> Dict[str, Optional[str]]:
+    """Without a config: whether each backend library imports here. With one: the backend choice for its device."""
+    from edge_runtime.backends.choice import choose_backend, tensorrt_library_problems
+    from edge_runtime.config import load_device_config, load_runtime_settings
+
+    facts: Dict[str, Optional[str]] = {
+        name: "importable" if problem is None else f"not installed ({problem})"
+        for name, problem in tensorrt_library_problems().items()
+    }
+    if config is None:
+        return facts
+    settings = load_runtime_settings(config)
+    device = load_device_config(settings.resolve(settings.device_config))
+    facts.update({"device_config": device.source, "backend_preferred": device.backend})
+    try:
+        choice = choose_backend(device)
+    except EdgeRuntimeError as exc:
+        facts.update({"backend": None, "backend_note": f"models fail to load: {exc}"})
+    else:
+        facts.update({"backend": choice.name, "backend_note": choice.reason or None})
+    return facts
 
 
 # --- check ----------------------------------------------------------------------------------

@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most sensitivity-pass trials (INT8 nodes put back to float) per scheme, >= 0 "
                              "(default 12)")
     parser.add_argument("--skip-engine", action="store_true",
-                        help="for TensorRT targets: bundle the QDQ ONNX without building an engine")
+                        help="for TensorRT targets: build no engine here; the bundle carries the ONNX (and a DLA INT8 "
+                             "target's calibration cache) and the device builds the engine at first load. Without "
+                             "it, an engine is built only where TensorRT runs and this host matches the target")
     parser.add_argument("--key", type=Path, required=True, help="ed25519 signing key (edge-runtime keygen)")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     parser.add_argument("--force", action="store_true",

@@ -139,7 +139,7 @@ def _preflight(request: ExportRequest) -> None:
     for config in request.configs:
         _precision_for(request, config)
         if config.uses_tensorrt and not request.skip_engine:
-            trt_build.ensure_available(config)
+            trt_build.ensure_available(config, _precision_for(request, config))
     if os.path.lexists(request.out):
         if not request.force:
             raise OutputError(f"output {request.out} already exists (pass --force to replace it)")
@@ -252,16 +252,13 @@ def _target(request: ExportRequest, config: DeviceConfig, staging: Path, int8: O
         assert int8 is not None
         precision = int8.run(config, staging, artifacts, notes)
         model_file = f"onnx/{config.name}.int8.onnx" if precision == "int8" else FP32_ONNX
-    if config.uses_tensorrt:
-        if request.skip_engine:
-            notes.append(f"{config.name}: no TensorRT engine built (--skip-engine); "
-                         "its accuracy and latency here are ONNX Runtime CPU running the QDQ graph")
-        else:
-            engine_file = f"engines/{config.name}.plan"
-            trt_build.build_engine(staging / model_file, staging / engine_file, config, precision)
-            artifacts.append(ArtifactSpec(engine_file, "engine", config.name, precision))
     variants.append(Variant(f"{config.name} {precision}", staging / model_file, precision,
                             file=model_file, target=config.name))
+    if config.uses_tensorrt:
+        job = trt_build.TrtJob(config, precision, staging, FP32_ONNX, model_file,
+                               int8.calibration if int8 is not None else None, request.skip_engine,
+                               lambda message: _say(request, message), request.progress)
+        return trt_build.add_target(job, artifacts, notes)
     return TargetInfo(name=config.name, device_class=config.device_class, backend=config.backend,
                       precision=precision, compute_capability=config.compute_capability,
                       tensorrt_version=config.tensorrt_version, jetpack=config.jetpack, l4t=config.l4t)

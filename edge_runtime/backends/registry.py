@@ -14,6 +14,7 @@ from edge_runtime.errors import ConfigError
 _BACKENDS: Dict[str, str] = {
     "onnxruntime": "edge_runtime.backends.onnxruntime:OnnxRuntimeBackend",
     "fake": "edge_runtime.backends.fake:FakeBackend",
+    "tensorrt": "edge_runtime.backends.tensorrt.runner:TensorRTBackend",
 }
 
 

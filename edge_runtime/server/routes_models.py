@@ -29,16 +29,20 @@ def _config_tensor(spec: TensorSpec, batched: bool) -> Dict[str, Any]:
 @blueprint.get("/v2/models/<name>")
 @blueprint.get("/v2/models/<name>/versions/<version>")
 def metadata(name: str, version: Optional[str] = None) -> Response:
-    """KServe v2 model metadata."""
+    """KServe v2 model metadata, plus which backend serves it and, for a fallback, why."""
     repository = context().repository
     model = repository.get(name, version)
-    return json_response({
+    body: Dict[str, Any] = {
         "name": model.name,
         "versions": [model.version] if version else repository.loaded_versions(name),
         "platform": PLATFORMS.get(model.platform, model.platform),
         "inputs": [_tensor(spec) for spec in model.inputs],
         "outputs": [_tensor(spec) for spec in model.outputs],
-    })
+        "backend": model.platform,  # which backend serves (Triton's model config has the same key)
+    }
+    if model.backend_note:
+        body["backend_note"] = model.backend_note  # why it is not the device config's preferred one
+    return json_response(body)
 
 
 @blueprint.get("/v2/models/<name>/ready")
@@ -73,6 +77,8 @@ def describe_config(model: ServedModel) -> Dict[str, Any]:
                             else "KIND_GPU"}],
         "parameters": {"artifact": {"string_value": model.artifact}},
     }
+    if model.backend_note:
+        config["parameters"]["backend_note"] = {"string_value": model.backend_note}
     if batched and batching:
         config["dynamic_batching"] = {
             "preferred_batch_size": list(settings.batching.preferred_batch_sizes),

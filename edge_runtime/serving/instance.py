@@ -61,12 +61,14 @@ class ModelInstance(threading.Thread):
         self.ready: Future = Future()  # resolves to the loaded Backend, or to the load error
 
     def run(self) -> None:
-        backend = self._factory()
+        backend: Optional[Backend] = None
         try:
+            backend = self._factory()  # may raise too (e.g. an unknown backend): the load must fail, not hang
             backend.load(self._bundle, self._device, self._options)
             warm_up(backend, self._warmup_runs)
         except BaseException as exc:
-            backend.close()
+            if backend is not None:
+                backend.close()
             self.ready.set_exception(exc)
             return
         self.ready.set_result(backend)

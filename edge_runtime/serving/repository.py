@@ -39,6 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime.backends.base import Backend
+from edge_runtime.backends.choice import choose_backend
 from edge_runtime.backends.registry import create_backend
 from edge_runtime.bundle.verify import VerifiedBundle, open_bundle
 from edge_runtime.config import DeviceConfig, RuntimeSettings
@@ -220,14 +221,19 @@ class ModelRepository:
     def _start_unrecorded(self, name: str, version: str, settings: RuntimeSettings,
                           replacing: Optional[str]) -> ServedModel:
         bundle: Optional[VerifiedBundle] = None
+        note = ""
         if name in self._fakes:
             factory = self._fakes[name]
         else:
             assert self.root is not None
             bundle = open_bundle(self.root / name / version, self._keys)
-            backend = self.device.backend
+            choice = choose_backend(self.device)  # BackendUnavailableError: fails this load like any other
+            if choice.reason:
+                log.warning("model %s version %s: served by %s: %s", name, version, choice.name, choice.reason)
+            note, backend = choice.reason, choice.name
             factory = lambda: create_backend(backend)  # noqa: E731
         model = ServedModel(name, version, factory, bundle, self.device, settings)
+        model.backend_note = note
         memory_budget.start_within_budget(model, f"'{name}' version {version}",
                                           self._table.memory_used(name, {version, replacing}),
                                           self.device.memory_budget_mb, self.settings.drain_timeout_s)

@@ -138,7 +138,7 @@ def preprocess(fp32_path: Path, out_path: Path, notice: Notice) -> None:
         raise ExportError(f"INT8 pre-processing failed: {one_line(exc)}") from exc
 
 
-def _reader(samples: SampleSet, max_batch: int, progress: bool, desc: str) -> Any:
+def calibration_reader(samples: SampleSet, max_batch: int, progress: bool, desc: str) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
@@ -254,7 +254,7 @@ def quantize_static_model(
             quantize_static(
                 str(prepared),
                 str(out_path.resolve()),
-                _reader(samples, fixed_batch(prepared, max_batch), progress, desc),
+                calibration_reader(samples, fixed_batch(prepared, max_batch), progress, desc),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types) if op_types is not None else None,
                 nodes_to_exclude=list(exclude) or None,

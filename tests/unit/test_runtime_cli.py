@@ -1,11 +1,12 @@
-"""The ``edge-runtime`` command line: keygen and check."""
+"""The ``edge-runtime`` command line: keygen, check and info."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import pytest
 
@@ -142,3 +143,77 @@ def test_error_is_one_line_in_a_real_process(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "absent.pub: no such key file" in _error_line(result.stderr)
+
+
+# --- info: which backend serves ---------------------------------------------------------------
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A host where neither tensorrt nor pycuda imports (None in sys.modules: import raises ImportError)."""
+    from edge_runtime.backends import choice
+
+    for module in ("tensorrt", "pycuda", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, module, None)
+    choice.tensorrt_problem.cache_clear()
+    yield
+    choice.tensorrt_problem.cache_clear()
+
+
+def _xavier_runtime(tmp_path: Path, device_configs_dir: Path, allow_fallback: bool) -> Path:
+    text = (device_configs_dir / "agx-xavier.yaml").read_text()
+    (tmp_path / "device.yaml").write_text(
+        text.replace("allow_fallback: false", f"allow_fallback: {str(allow_fallback).lower()}"))
+    runtime = tmp_path / "runtime.yaml"
+    runtime.write_text("device_config: device.yaml\ntrusted_keys: [unused.pub]\n")  # relative to the file
+    return runtime
+
+
+def test_info_says_whether_tensorrt_and_pycuda_import(no_tensorrt: None, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    trt = next(line for line in lines if line.startswith("tensorrt:"))
+    assert "not installed (the Python module 'tensorrt' is not installed" in trt
+    pycuda = next(line for line in lines if line.startswith("pycuda:"))
+    assert "not installed (" in pycuda and "edge-runtime[tensorrt]" in pycuda
+    assert not any(line.startswith("backend") for line in lines)  # no --config: no choice to report
+
+
+def test_info_with_a_config_says_which_backend_serves_and_why(
+        no_tensorrt: None, tmp_path: Path, device_configs_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    runtime = _xavier_runtime(tmp_path, device_configs_dir, allow_fallback=True)
+    assert main(["info", "--json", "--config", str(runtime)]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["device_config"] == str(tmp_path / "device.yaml")
+    assert (facts["backend_preferred"], facts["backend"]) == ("tensorrt", "onnxruntime")
+    assert "'tensorrt' is not installed" in facts["backend_note"]
+    assert "allow_fallback: true" in facts["backend_note"]
+    assert main(["info", "--config", str(runtime)]) == 0
+    text = capsys.readouterr().out
+    assert "backend_preferred:  tensorrt" in text and "backend:            onnxruntime" in text
+    assert facts["backend_note"] in text
+
+
+def test_info_with_a_config_that_cannot_serve_says_how_to_fix_it(
+        no_tensorrt: None, tmp_path: Path, device_configs_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    runtime = _xavier_runtime(tmp_path, device_configs_dir, allow_fallback=False)
+    assert main(["info", "--json", "--config", str(runtime)]) == 0  # info reports; it does not fail
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["backend_preferred"] == "tensorrt" and facts["backend"] is None
+    assert facts["backend_note"].startswith("models fail to load: ")
+    assert "set tensorrt.allow_fallback: true in device.yaml" in facts["backend_note"]
+
+
+def test_info_with_a_cpu_config_needs_no_note(tmp_path: Path, device_configs_dir: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    runtime = tmp_path / "runtime.yaml"
+    runtime.write_text(f"device_config: {device_configs_dir / 'x86-cpu.yaml'}\ntrusted_keys: [unused.pub]\n")
+    assert main(["info", "--json", "--config", str(runtime)]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert (facts["backend_preferred"], facts["backend"], facts["backend_note"]) == ("onnxruntime", "onnxruntime",
+                                                                                     None)
+
+
+def test_info_with_a_missing_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "--config", str(tmp_path / "absent.yaml")]) == 1
+    assert "absent.yaml: cannot read file" in _error_line(capsys.readouterr().err)

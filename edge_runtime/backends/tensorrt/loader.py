@@ -80,7 +80,10 @@ def load_engines(trt: api.TrtModule, runtime: Any, bundle: VerifiedBundle, devic
         assert target is not None  # the manifest ties every engine to one of its targets
         reasons = match(target.fingerprint, host)
         if not reasons:
-            return [_deserialize(runtime, bundle.read_verified(a), a.path, None, errors) for a in engines]
+            loaded = [_deserialize(runtime, bundle.read_verified(a), a.path, None, errors) for a in engines]
+            for item in loaded:
+                item.static_batch = _static_batch(item.engine, manifest)
+            return loaded
         what = f"the engine of '{manifest.name}' for {device.name} ({engines[0].path})"
         if not device.tensorrt.rebuild_on_mismatch:
             raise FingerprintMismatchError(
@@ -201,6 +204,16 @@ def _deserialize(runtime: Any, plan: bytes, description: str, static_batch: Opti
         detail = "; ".join(errors) or "TensorRT gave no reason"
         raise BundleError(f"TensorRT cannot deserialize {description}: {detail}")
     return LoadedEngine(engine, static_batch, len(plan), description)
+
+
+def _static_batch(engine: Any, manifest: Manifest) -> Optional[int]:
+    """The one batch size a bundle's engine runs (DLA: static shapes), or None for a dynamic batch axis."""
+    first = manifest.inputs[0]
+    if first.shape[:1] != (-1,):
+        return None  # the model has no batch axis
+    typed: tensorrt.ICudaEngine = engine
+    size = int(typed.get_tensor_shape(first.name)[0])
+    return size if size > 0 else None
 
 
 def _label(manifest: Manifest, device: DeviceConfig, plan: _Plan) -> str:

@@ -3,15 +3,15 @@
 Every case serves the same model, ``y = x * 2 + 1`` on float32 ``x [-1, 4]`` → ``y [-1, 4]``:
 FakeBackend computes it directly (its defaults), ONNX Runtime runs it from a tiny signed bundle.
 A new backend joins the whole suite with one entry in ``CASES``: a function that returns a
-:class:`BackendCase` for that model, calling ``pytest.skip`` where the backend cannot run (the
-TensorRT one, e.g., without a GPU: ``pytest.importorskip("tensorrt")``).
+:class:`BackendCase` for that model, calling ``pytest.skip`` where the backend cannot run.
+TensorRT runs here through its seam (fake ``tensorrt``/``pycuda``, real loader and runner).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -74,14 +74,61 @@ def _onnxruntime_case(context: CaseContext) -> BackendCase:
     return BackendCase(OnnxRuntimeBackend(), bundle, context.device(), "model.onnx")
 
 
+def _tensorrt_case(context: CaseContext) -> BackendCase:
+    """TensorRT through its seam: fake ``tensorrt`` and ``pycuda`` (tests/trt_fakes), the real loader, a
+    bundle whose engine is a FakePlan of the same ONNX (the fake engine runs it with ONNX Runtime)."""
+    pytest.importorskip("onnxruntime")
+    from trt_fakes.fake_pycuda import FakeCuda
+    from trt_fakes.fake_tensorrt import make_tensorrt
+    from trt_fakes.fake_trt_runtime import plan_from_onnx
+
+    from edge_runtime.backends.tensorrt.runner import TensorRTBackend
+    from edge_runtime.bundle.fingerprint import HostFingerprint
+
+    device = context.device("agx-xavier")
+    host = HostFingerprint(tensorrt_version="8.5.2.2", compute_capability=device.compute_capability,
+                           l4t=device.l4t, device_model="NVIDIA Jetson AGX Xavier Developer Kit", dla_cores=2)
+    directory = context.tmp_path / "bundle"
+    model = _affine_model(directory)
+    (directory / "engines").mkdir()
+    (directory / "engines" / f"{device.name}.plan").write_bytes(plan_from_onnx(model.SerializeToString()).to_bytes())
+    target = TargetInfo(name=device.name, device_class=device.device_class, backend="tensorrt", precision="fp16",
+                        compute_capability=host.compute_capability, tensorrt_version=host.tensorrt_version,
+                        l4t=host.l4t)
+    bundle = _finalize(directory, context.keypair, [target], [
+        ArtifactSpec("model.onnx", "onnx", None, "fp32"),
+        ArtifactSpec(f"engines/{device.name}.plan", "engine", device.name, "fp16")])
+    cuda = FakeCuda()
+    backend = TensorRTBackend(trt=make_tensorrt("8.5.2.2", cuda.calls, cuda_memory=cuda), cuda=cuda, host=host)
+    return BackendCase(backend, bundle, device, f"engines/{device.name}.plan")
+
+
 CASES: Dict[str, Callable[[CaseContext], BackendCase]] = {
     "fake": _fake_case,
     "onnxruntime": _onnxruntime_case,
+    "tensorrt": _tensorrt_case,
 }
 
 
 def _write_affine_bundle(directory: Path, keypair: Tuple[Path, Path]) -> VerifiedBundle:
     """A signed bundle whose portable FP32 ONNX computes ``x * 2 + 1`` (written with onnx.helper, no torch)."""
+    _affine_model(directory)
+    target = TargetInfo(name="x86-cpu", device_class="x86-cpu", backend="onnxruntime", precision="fp32")
+    return _finalize(directory, keypair, [target], [ArtifactSpec("model.onnx", "onnx", None, "fp32")])
+
+
+def _finalize(directory: Path, keypair: Tuple[Path, Path], targets: List[TargetInfo],
+              artifacts: List[ArtifactSpec]) -> VerifiedBundle:
+    finalize_bundle(
+        directory, name="affine", version="1", inputs=list(INPUTS), outputs=list(OUTPUTS),
+        source_model_sha256="0" * 64, artifacts=artifacts, targets=targets,
+        private_key=load_private_key(keypair[0]),
+    )
+    return open_bundle(directory, [load_public_key(keypair[1])])
+
+
+def _affine_model(directory: Path) -> Any:
+    """Write ``directory/model.onnx``, the FP32 ONNX of ``x * 2 + 1``; return the ModelProto."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -96,11 +143,4 @@ def _write_affine_bundle(directory: Path, keypair: Tuple[Path, Path]) -> Verifie
     model.ir_version = 8  # readable by onnxruntime 1.19 (the last with Python 3.8 wheels)
     directory.mkdir(parents=True)
     onnx.save(model, str(directory / "model.onnx"))
-    finalize_bundle(
-        directory, name="affine", version="1", inputs=list(INPUTS), outputs=list(OUTPUTS),
-        source_model_sha256="0" * 64,
-        artifacts=[ArtifactSpec("model.onnx", "onnx", None, "fp32")],
-        targets=[TargetInfo(name="x86-cpu", device_class="x86-cpu", backend="onnxruntime", precision="fp32")],
-        private_key=load_private_key(keypair[0]),
-    )
-    return open_bundle(directory, [load_public_key(keypair[1])])
+    return model

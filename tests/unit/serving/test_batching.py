@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, List
 
 import numpy as np
@@ -130,3 +131,17 @@ def test_a_model_that_cannot_load_raises_and_is_not_ready(serve: Callable[..., S
     backend = FakeBackend(fail=True)  # warm-up runs the backend, which fails
     with pytest.raises(InferenceError):
         serve(backend)
+
+
+def test_a_backend_factory_that_raises_fails_the_load_instead_of_hanging(device_configs_dir: Path) -> None:
+    from serving_support import settings
+
+    from edge_runtime.backends.registry import create_backend
+    from edge_runtime.config import load_device_config
+    from edge_runtime.errors import ConfigError
+
+    device = load_device_config(device_configs_dir / "x86-cpu.yaml")
+    model = ServedModel("m", "1", lambda: create_backend("no-such-backend"), None, device, settings())
+    with pytest.raises(ConfigError, match="unknown backend 'no-such-backend'"):
+        model.start(timeout_s=5.0)  # the old worker died before resolving `ready`: a 5 s TimeoutError
+    assert not model.ready

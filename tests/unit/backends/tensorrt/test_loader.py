@@ -29,6 +29,17 @@ INPUTS = (TensorSpec("x", "float32", (-1, 4)),)
 OUTPUTS = (TensorSpec("y", "float32", (-1, 4)),)
 
 
+class StubEngine:
+    """An engine whose input shape says its batch: plans named b"static:N" have a fixed batch N."""
+
+    def __init__(self, plan: bytes) -> None:
+        self.plan = plan
+        self.batch = int(plan.split(b":")[1]) if plan.startswith(b"static:") else -1
+
+    def get_tensor_shape(self, name: str) -> Tuple[int, ...]:
+        return (self.batch, 4)
+
+
 class RecordingRuntime:
     """A stand-in for ``tensorrt.Runtime``: records what it was asked to deserialize."""
 
@@ -38,7 +49,7 @@ class RecordingRuntime:
 
     def deserialize_cuda_engine(self, plan: bytes) -> Optional[Any]:
         self.deserialized.append(bytes(plan))
-        return None if bytes(plan) in self.refuse else ("engine", bytes(plan))
+        return None if bytes(plan) in self.refuse else StubEngine(bytes(plan))
 
 
 class StubBuilder:
@@ -115,6 +126,13 @@ def test_matching_engine_in_the_bundle_is_deserialized_from_verified_bytes(
     assert [e.description for e in engines] == ["engines/agx-xavier.plan"]
     assert engines[0].plan_size == len(b"bundle plan") and engines[0].static_batch is None
     assert builder.requests == []
+
+
+def test_a_static_shape_engine_in_the_bundle_runs_its_one_batch_size(
+        tmp_path: Path, keypair: Tuple[Path, Path], xavier: DeviceConfig, builder: StubBuilder) -> None:
+    bundle = _bundle(tmp_path / "b", keypair, b"static:8", _target(dla_core=0), own_onnx=True)
+    engines = loader.load_engines(None, RecordingRuntime(), bundle, xavier, _options(tmp_path), XAVIER)
+    assert [e.static_batch for e in engines] == [8]
 
 
 def test_mismatched_engine_is_refused_before_deserializing(
