@@ -93,6 +93,13 @@ def load_engines(trt: api.TrtModule, runtime: Any, bundle: VerifiedBundle, devic
     elif not device.tensorrt.build_on_device:
         raise BundleError(f"bundle '{manifest.name}' has no TensorRT engine for {device.name}, and "
                           "tensorrt.build_on_device is off")
+    elif target is None:
+        log.warning("bundle '%s' has no target '%s' (targets: %s): its engine comes from the portable FP32 model "
+                    "at %s", manifest.name, device.name, ", ".join(t.name for t in manifest.targets) or "none",
+                    _portable_precision(device))
+    else:
+        log.info("bundle '%s' carries no engine for %s: it is built on this device (or taken from the engine "
+                 "cache)", manifest.name, device.name)
     return [_cached_or_built(trt, runtime, bundle, device, options, host, plan, errors)
             for plan in plan_builds(manifest, target, device)]
 

@@ -1,0 +1,9 @@
+"""A fake ``tensorrt`` for a simulated Jetson (tests only; see tests/trt_fakes/simulated_device.py)."""
+
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))))
+from trt_fakes import simulated_device as _device
+
+globals().update({k: v for k, v in vars(_device.tensorrt()).items() if k != "__file__"})
