@@ -120,3 +120,58 @@ def test_an_engine_over_the_memory_budget_is_refused_and_the_server_stays_live(
         assert _infer(server, np.ones((1, 4), np.float32))[0] == 503
     finally:
         server.stop()
+
+
+def test_an_engine_cache_that_cannot_be_written_still_serves(
+        repository: Path, xavier_runtime: Path, tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where the cache's parent should be")  # ENOTDIR, even for root
+    xavier_runtime.write_text(xavier_runtime.read_text().replace(
+        f"engine_cache_dir: {tmp_path / 'engines'}", f"engine_cache_dir: {tmp_path / 'not-a-dir' / 'engines'}"))
+    server = _serve(repository, xavier_runtime, tmp_path / "server.log")
+    try:
+        assert _infer(server, np.ones((1, 4), np.float32))[0] == 200
+    finally:
+        server.stop()
+    assert "cannot keep the engine tiny v1 agx-xavier fp16" in server.log.read_text()
+
+
+def test_two_instances_build_the_engine_once(repository: Path, xavier_runtime: Path, tmp_path: Path) -> None:
+    xavier_runtime.write_text(xavier_runtime.read_text() + "instances: 2\n")
+    server = _serve(repository, xavier_runtime, tmp_path / "server.log")
+    try:
+        status, config = _call(server, "GET", "/v2/models/tiny/config")
+        assert status == 200 and config["instance_group"][0]["count"] == 2
+        x = np.ones((2, 4), np.float32)
+        assert all(_infer(server, x)[0] == 200 for _ in range(4))
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert log.count("building tiny v1 agx-xavier fp16") == 1, log  # the second instance waited, then took the cache
+
+
+def test_a_signed_but_unusable_engine_fails_the_model_not_the_server(
+        tmp_path: Path, keypair: Tuple[Path, Path], xavier_runtime: Path) -> None:
+    from edge_runtime.bundle.manifest import TargetInfo, TensorSpec
+    from edge_runtime.bundle.signing import load_private_key
+    from edge_runtime.bundle.writer import ArtifactSpec, finalize_bundle
+
+    bundle = tmp_path / "repo" / "tiny" / "1"
+    (bundle / "engines").mkdir(parents=True)
+    (bundle / "model.onnx").write_bytes(b"not used")
+    (bundle / "engines" / "agx-xavier.plan").write_bytes(b"\x00" * 64)  # what TensorRT cannot deserialize
+    finalize_bundle(bundle, name="tiny", version="1", inputs=[TensorSpec("input", "float32", (-1, 4))],
+                    outputs=[TensorSpec("output", "float32", (-1, 3))], source_model_sha256="0" * 64,
+                    artifacts=[ArtifactSpec("model.onnx", "onnx", None, "fp32"),
+                               ArtifactSpec("engines/agx-xavier.plan", "engine", "agx-xavier", "fp16")],
+                    targets=[TargetInfo("agx-xavier", "jetson-agx-xavier", "tensorrt", "fp16", "7.2", "8.5.2.2")],
+                    private_key=load_private_key(keypair[0]))
+    server = start_server(["--repository", str(tmp_path / "repo"), "--config", str(xavier_runtime)],
+                          tmp_path / "server.log", env=ENV, timeout=120, wait_for="live")
+    try:
+        status, index = _call(server, "POST", "/v2/repository/index")
+        assert index[0]["state"] == "UNAVAILABLE"
+        assert "TensorRT cannot deserialize engines/agx-xavier.plan" in index[0]["reason"]
+        assert str(tmp_path) not in json.dumps(index)
+        assert _infer(server, np.ones((1, 4), np.float32))[0] == 503
+    finally:
+        assert server.stop() == 0

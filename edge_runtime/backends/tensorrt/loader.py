@@ -39,7 +39,7 @@ from edge_runtime.bundle.fingerprint import BuildFingerprint, EngineFingerprint,
 from edge_runtime.bundle.manifest import FORMAT_VERSION, ONNX_DATA, Artifact, Manifest, TargetInfo
 from edge_runtime.bundle.verify import VerifiedBundle
 from edge_runtime.config import BatchProfile, DeviceConfig
-from edge_runtime.errors import BundleError, FingerprintMismatchError
+from edge_runtime.errors import BundleError, FingerprintMismatchError, OutputError
 
 if TYPE_CHECKING:
     import tensorrt
@@ -194,10 +194,14 @@ def _build_and_store(trt: api.TrtModule, runtime: Any, bundle: VerifiedBundle, d
     if cache is None:
         log.warning("no engine_cache_dir: the engine %s is built again at every load", label)
         return loaded
-    cache.put(key, result.plan, {"label": label, "build_seconds": round(result.seconds, 3),
-                                 "dla_layers": list(result.dla_layers) if result.dla_layers else None})
     if result.timing_cache is not None and device.tensorrt.timing_cache:
         cache.put_timing_cache(host, result.timing_cache)
+    try:
+        cache.put(key, result.plan, {"label": label, "build_seconds": round(result.seconds, 3),
+                                     "dla_layers": list(result.dla_layers) if result.dla_layers else None})
+    except OutputError as exc:  # a full or read-only disk costs the next load a build, not this one its model
+        log.error("engine cache: cannot keep the engine %s (%s): it is built again at every load", label, exc)
+        return loaded
     loaded.description = f"engine cache: {label}"
     return loaded
 
