@@ -169,7 +169,7 @@ def test_a_signed_but_unusable_engine_fails_the_model_not_the_server(
                           tmp_path / "server.log", env=ENV, timeout=120, wait_for="live")
     try:
         status, index = _call(server, "POST", "/v2/repository/index")
-        assert index[0]["state"] == "UNAVAILABLE"
+        assert status == 200 and index[0]["state"] == "UNAVAILABLE"
         assert "TensorRT cannot deserialize engines/agx-xavier.plan" in index[0]["reason"]
         assert str(tmp_path) not in json.dumps(index)
         assert _infer(server, np.ones((1, 4), np.float32))[0] == 503
