@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/venv.sh
 
-ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,export,dev]"
+ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,export,fleet,dev]"
 # tensorrt-stubs depends on the tensorrt wheel, which downloads libnvinfer from outside the
 # registries; the stubs alone are all mypy needs.
 .venv/bin/python -m pip show -q tensorrt-stubs >/dev/null 2>&1 ||

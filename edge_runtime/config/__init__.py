@@ -22,6 +22,7 @@ from edge_runtime.config.runtime import (
     RestrictedApi,
     RuntimeSettings,
     SharedMemorySettings,
+    TelemetrySettings,
     load_runtime_settings,
     runtime_settings_from_mapping,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "RestrictedApi",
     "RuntimeSettings",
     "SharedMemorySettings",
+    "TelemetrySettings",
     "TensorRTSettings",
     "device_config_from_mapping",
     "load_device_config",

@@ -88,6 +88,17 @@ class BatchingSettings:
 
 
 @dataclass(frozen=True)
+class TelemetrySettings:
+    """What the runtime samples and where it spools it (the agent process uploads the spool)."""
+
+    enabled: bool = True
+    interval_s: float = 10.0  # one sample per interval, on the sampler's own thread
+    spool_path: str = "telemetry/spool.sqlite"  # relative to this settings file; on a device /var/lib/edge-runtime/
+    spool_max_bytes: int = 64 * 1024 * 1024  # past it, the oldest records are dropped (and counted)
+    sysfs_root: str = "/"  # where /proc and /sys are read from (tests point it at a recorded Jetson tree)
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     """Everything ``edge-runtime serve`` needs besides the model repository."""
 
@@ -116,6 +127,7 @@ class RuntimeSettings:
     # Device-local TensorRT engines built on this device (never inside a signed bundle), keyed by
     # the bundle's manifest hash and the engine fingerprint; also holds the timing cache.
     engine_cache_dir: str = "engine-cache"
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     source: str = field(default="", metadata=NOT_A_KEY)
 
     def resolve(self, path: str) -> Path:
@@ -161,6 +173,9 @@ def _check(settings: RuntimeSettings) -> None:
         check_at_least(src, f"limits.{key}", getattr(settings.limits, key), 1)
     if settings.limits.max_json_bytes > settings.limits.max_request_bytes:
         raise ConfigError(f"{src}: limits.max_json_bytes: expected at most limits.max_request_bytes")
+    if settings.telemetry.interval_s < 0.1:
+        raise ConfigError(f"{src}: telemetry.interval_s: expected at least 0.1 seconds")
+    check_at_least(src, "telemetry.spool_max_bytes", settings.telemetry.spool_max_bytes, 64 * 1024)
     for key in ("request_timeout_s", "drain_timeout_s"):
         if getattr(settings, key) <= 0:
             raise ConfigError(f"{src}: {key}: expected a positive number of seconds")

@@ -1,0 +1,1 @@
+"""The central fleet server: devices, tokens, telemetry ingest, history, dashboard (not device code)."""
