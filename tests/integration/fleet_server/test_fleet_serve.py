@@ -1,0 +1,228 @@
+"""A real `edge-fleet serve` (gunicorn, 2 workers) on 127.0.0.1: over a socket, over TLS, on both databases."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import ipaddress
+import json
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from fleet_server.testing import make_batch, make_record
+
+
+def _fleet(config: Path, *args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleet_server.cli", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+@dataclass
+class Served:
+    """A running `edge-fleet serve` and the tokens made for it."""
+
+    process: subprocess.Popen
+    port: int
+    device_token: str
+    operator_token: str
+    context: Optional[ssl.SSLContext]
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None, token: Optional[str] = None,
+                headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+        if self.context is None:
+            connection: http.client.HTTPConnection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        else:
+            connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=self.context)
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if token:
+            all_headers["Authorization"] = f"Bearer {token}"
+        try:
+            connection.request(method, path, body=body, headers=all_headers)
+            reply = connection.getresponse()
+            return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+        finally:
+            connection.close()
+
+
+def _start(config: Path, log: Path, extra: List[str], context: Optional[ssl.SSLContext]) -> Served:
+    for command in (["migrate"], ["enroll", "dev-a"], ["operator-token", "create", "ops"]):
+        result = _fleet(config, *command)
+        assert result.returncode == 0, result.stderr
+        if command[0] == "enroll":
+            device_token = result.stdout.strip()
+        elif command[0] == "operator-token":
+            operator_token = result.stdout.strip()
+    handle = log.open("w")
+    process = subprocess.Popen([sys.executable, "-m", "fleet_server.cli", "serve", "--config", str(config),
+                                "--port", "0", "--workers", "2", *extra], stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        match = re.search(r"serving on https?://127\.0\.0\.1:(\d+)", log.read_text())
+        if match:
+            served = Served(process, int(match.group(1)), device_token, operator_token, context)
+            try:
+                if served.request("GET", "/api/v1/devices")[0] == 401:
+                    return served
+            except OSError:
+                pass
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"edge-fleet serve did not start:\n{log.read_text()}")
+
+
+@pytest.fixture()
+def config(tmp_path: Path, database_url: str) -> Path:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(f"database_url: {database_url}\nsecret_file: secret.key\n")
+    return path
+
+
+@pytest.fixture()
+def served(config: Path, tmp_path: Path) -> Iterator[Served]:
+    running = _start(config, tmp_path / "serve.log", [], None)
+    yield running
+    _stop(running)
+
+
+def _stop(running: Served) -> None:
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(30) == 0
+
+
+def test_serve_ingests_over_a_socket_and_replays_concurrently_once(served: Served) -> None:
+    now = time.time()
+    batch = json.dumps(make_batch("dev-a", [make_record(now - 200 + i, rss_mb=150.0 + i) for i in range(40)])).encode()
+    status, _, body = served.request("POST", "/api/v1/ingest", batch, token="wrong")
+    assert status == 401 and "error" in json.loads(body)
+    answers: List[Dict[str, int]] = []
+    barrier = threading.Barrier(8)
+
+    def replay() -> None:
+        barrier.wait()
+        status, _, body = served.request("POST", "/api/v1/ingest", batch, token=served.device_token)
+        assert status == 200, body
+        answers.append(json.loads(body))
+
+    threads = [threading.Thread(target=replay) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 8
+    assert sum(a["accepted"] for a in answers) == 40 and sum(a["duplicates"] for a in answers) == 7 * 40
+    status, _, body = served.request("GET", f"/api/v1/devices/dev-a/history?since={now - 300}&until={now}",
+                                     token=served.operator_token)
+    points = json.loads(body)["points"]
+    assert status == 200 and len(points) == 40
+    assert [p["rss_mb"] for p in points] == [150.0 + i for i in range(40)]
+    assert all(p["models"]["digits"]["p99_ms"] == 5.3 for p in points)
+
+
+def test_serve_refuses_oversize_bodies_with_json(served: Served) -> None:
+    status, headers, body = served.request("POST", "/api/v1/ingest", b"{" + b" " * (1024 * 1024) + b"}",
+                                           token=served.device_token)
+    assert status == 413 and headers["content-type"] == "application/json" and "error" in json.loads(body)
+    # no declared length (chunked): the cap holds while reading
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    connection.putrequest("POST", "/api/v1/ingest")
+    for key, value in {"Authorization": f"Bearer {served.device_token}", "Content-Type": "application/json",
+                       "Transfer-Encoding": "chunked"}.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    chunk = b" " * 65536
+    for _ in range(20):
+        connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    connection.send(b"0\r\n\r\n")
+    reply = connection.getresponse()
+    answer = reply.read()
+    assert reply.status == 413 and "error" in json.loads(answer), answer
+    connection.close()
+    status, headers, body = served.request("GET", "/no/such/page")
+    assert status == 404 and headers["content-type"] == "application/json"
+
+
+def _make_ca_and_server_cert(directory: Path) -> Tuple[Path, Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-fleet test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_serve_over_tls_verified_against_a_test_ca(config: Path, tmp_path: Path) -> None:
+    ca, cert, key = _make_ca_and_server_cert(tmp_path)
+    context = ssl.create_default_context(cafile=str(ca))
+    running = _start(config, tmp_path / "serve.log", ["--tls-cert", str(cert), "--tls-key", str(key)], context)
+    try:
+        batch = json.dumps(make_batch("dev-a", [make_record(time.time() - 5)])).encode()
+        status, _, body = running.request("POST", "/api/v1/ingest", batch, token=running.device_token)
+        assert status == 200 and json.loads(body)["accepted"] == 1
+        untrusting = Served(running.process, running.port, "", "", ssl.create_default_context())
+        with pytest.raises(ssl.SSLCertVerificationError):
+            untrusting.request("GET", "/api/v1/devices")
+        plain = Served(running.process, running.port, "", "", None)
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            plain.request("GET", "/api/v1/devices")
+    finally:
+        _stop(running)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_cli_errors_are_one_line(config: Path, tmp_path: Path) -> None:
+    result = _fleet(config, "serve", "--port", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "edge-fleet: error: the database is at revision none, the server needs 0001: run `edge-fleet migrate`"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("database_url: mysql://x\n")
+    result = _fleet(bad, "migrate")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "database_url" in result.stderr and "Traceback" not in result.stderr
+    result = _fleet(config, "serve", "--host", "0.0.0.0")
+    assert result.returncode == 1 and "plain HTTP" in result.stderr
+    assert _fleet(config, "migrate").returncode == 0
+    assert _fleet(config, "enroll", "dev-a").returncode == 0
+    again = _fleet(config, "enroll", "dev-a")
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        "edge-fleet: error: device 'dev-a' is already enrolled: rotate its token instead"]
+    debug = subprocess.run([sys.executable, "-m", "fleet_server.cli", "enroll", "dev-a", "--config", str(config),
+                            "--debug"], capture_output=True, text=True, timeout=60, check=False)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
