@@ -1,7 +1,8 @@
 """The ``edge-runtime`` command.
 
 Subcommands: ``keygen`` (a bundle signing key pair), ``check`` (verify a bundle against
-trusted public keys), ``serve`` (the KServe v2 HTTP server) and ``info`` (host fingerprint).
+trusted public keys), ``serve`` (the KServe v2 HTTP server), ``info`` (host fingerprint),
+``activate`` (a model's active version) and ``agent`` (uploads telemetry to the fleet server).
 Every :class:`~edge_runtime.errors.EdgeRuntimeError` is printed as one line,
 ``edge-runtime: error: <message>``, on stderr with exit status 1; usage errors exit with
 status 2 (argparse).
@@ -152,6 +153,23 @@ def _backend_facts(config: Optional[Path]) -> Dict[str, Optional[str]]:
     return facts
 
 
+# --- agent --------------------------------------------------------------------------------
+
+
+def _agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="agent settings YAML")
+
+
+def _agent(args: argparse.Namespace, out: TextIO) -> int:
+    import logging
+
+    from edge_runtime.fleet import agent
+    from edge_runtime.fleet.agent_config import load_agent_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return agent.run(load_agent_settings(args.config))
+
+
 # --- check ----------------------------------------------------------------------------------
 
 
@@ -256,6 +274,8 @@ _COMMANDS: Dict[str, _Command] = {
     "serve": _Command(_serve_arguments, _serve, "serve a model repository over the KServe v2 HTTP API"),
     "info": _Command(_info_arguments, _info, "print the host fingerprint (platform, Jetson model, L4T, CUDA, ...)"),
     "activate": _Command(_activate_arguments, _activate, "make a model version the active one (the version served)"),
+    "agent": _Command(_agent_arguments, _agent, "upload the telemetry spool to the central fleet server (the agent "
+                                                "process)"),
 }
 
 

@@ -1,14 +1,17 @@
 """The composition root of ``edge-runtime serve``: settings → repository → app → transport.
 
 The one place that knows every piece: the HTTP layer (``server/``) never builds the model layer,
-and the coming pieces (telemetry collectors, the fleet agent's hooks) are wired here too.
+and the telemetry sampler (its own thread) is started here, writing into the spool that the agent
+process (``edge-runtime agent``) uploads; the runtime itself never touches the network.
 Start-up checks that can refuse (a non-loopback bind without restrictions, a missing secret)
 run before any model is loaded, so a wrong setting fails in a second with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -20,6 +23,7 @@ from edge_runtime.config import RuntimeSettings, load_device_config
 from edge_runtime.errors import BackendUnavailableError, ConfigError
 from edge_runtime.serving.repository import ModelRepository
 
+log = logging.getLogger(__name__)
 FakeModel = Tuple[str, Callable[[], Backend]]
 
 
@@ -70,20 +74,37 @@ def run(settings: RuntimeSettings, repository_dir: Optional[Path], host: str, po
     restrictions = load_restrictions(settings)
     fake_models = [parse_fake(spec) for spec in fakes]
     repository = build_repository(settings, repository_dir, fake_models)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(repository.close)
         if settings.load_models_at_start:
             repository.load_all()
+        start_telemetry(settings, repository, stack)
         app = create_app(settings, repository, restrictions)
         context = app.extensions[EXTENSION_KEY]
-        try:
-            status = serve(app, settings, host, port, summary=lambda: _summary(repository),
-                           on_stop=context.draining.set)
-        finally:
-            context.shm.close()
-    finally:
-        repository.close()
+        stack.callback(context.shm.close)
+        status = serve(app, settings, host, port, summary=lambda: _summary(repository),
+                       on_stop=context.draining.set)
     print("edge-runtime: stopped", file=sys.stderr, flush=True)
     return status
+
+
+def start_telemetry(settings: RuntimeSettings, repository: ModelRepository, stack: contextlib.ExitStack) -> None:
+    """Open the spool and start the sampler (closed by ``stack``); a spool that cannot open costs telemetry only."""
+    if not settings.telemetry.enabled:
+        return
+    from edge_runtime.telemetry.sampler import start_sampler
+    from edge_runtime.telemetry.spool import Spool, SpoolError
+
+    path = settings.resolve(settings.telemetry.spool_path)
+    try:
+        spool = Spool(path, settings.telemetry.spool_max_bytes)
+    except SpoolError as exc:
+        log.error("telemetry is off: %s", exc)
+        return
+    stack.callback(spool.close)
+    sampler = start_sampler(settings, repository.loaded, spool.append)
+    if sampler is not None:
+        stack.callback(sampler.close)  # runs before spool.close: callbacks run last in, first out
 
 
 def _summary(repository: ModelRepository) -> str:
