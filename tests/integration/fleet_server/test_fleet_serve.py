@@ -6,79 +6,18 @@ import datetime
 import http.client
 import ipaddress
 import json
-import re
-import signal
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
+from fleet_support import Served, fleet_cli, start_fleet, stop_fleet
 
 from fleet_server.testing import make_batch, make_record
-
-
-def _fleet(config: Path, *args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleet_server.cli", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
-
-
-@dataclass
-class Served:
-    """A running `edge-fleet serve` and the tokens made for it."""
-
-    process: subprocess.Popen
-    port: int
-    device_token: str
-    operator_token: str
-    context: Optional[ssl.SSLContext]
-
-    def request(self, method: str, path: str, body: Optional[bytes] = None, token: Optional[str] = None,
-                headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
-        if self.context is None:
-            connection: http.client.HTTPConnection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        else:
-            connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=self.context)
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        if token:
-            all_headers["Authorization"] = f"Bearer {token}"
-        try:
-            connection.request(method, path, body=body, headers=all_headers)
-            reply = connection.getresponse()
-            return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
-        finally:
-            connection.close()
-
-
-def _start(config: Path, log: Path, extra: List[str], context: Optional[ssl.SSLContext]) -> Served:
-    for command in (["migrate"], ["enroll", "dev-a"], ["operator-token", "create", "ops"]):
-        result = _fleet(config, *command)
-        assert result.returncode == 0, result.stderr
-        if command[0] == "enroll":
-            device_token = result.stdout.strip()
-        elif command[0] == "operator-token":
-            operator_token = result.stdout.strip()
-    handle = log.open("w")
-    process = subprocess.Popen([sys.executable, "-m", "fleet_server.cli", "serve", "--config", str(config),
-                                "--port", "0", "--workers", "2", *extra], stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        match = re.search(r"serving on https?://127\.0\.0\.1:(\d+)", log.read_text())
-        if match:
-            served = Served(process, int(match.group(1)), device_token, operator_token, context)
-            try:
-                if served.request("GET", "/api/v1/devices")[0] == 401:
-                    return served
-            except OSError:
-                pass
-        time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise AssertionError(f"edge-fleet serve did not start:\n{log.read_text()}")
 
 
 @pytest.fixture()
@@ -90,14 +29,9 @@ def config(tmp_path: Path, database_url: str) -> Path:
 
 @pytest.fixture()
 def served(config: Path, tmp_path: Path) -> Iterator[Served]:
-    running = _start(config, tmp_path / "serve.log", [], None)
+    running = start_fleet(config, tmp_path / "serve.log", [], None)
     yield running
-    _stop(running)
-
-
-def _stop(running: Served) -> None:
-    running.process.send_signal(signal.SIGTERM)
-    assert running.process.wait(30) == 0
+    stop_fleet(running)
 
 
 def test_serve_ingests_over_a_socket_and_replays_concurrently_once(served: Served) -> None:
@@ -190,7 +124,7 @@ def _make_ca_and_server_cert(directory: Path) -> Tuple[Path, Path, Path]:
 def test_serve_over_tls_verified_against_a_test_ca(config: Path, tmp_path: Path) -> None:
     ca, cert, key = _make_ca_and_server_cert(tmp_path)
     context = ssl.create_default_context(cafile=str(ca))
-    running = _start(config, tmp_path / "serve.log", ["--tls-cert", str(cert), "--tls-key", str(key)], context)
+    running = start_fleet(config, tmp_path / "serve.log", ["--tls-cert", str(cert), "--tls-key", str(key)], context)
     try:
         batch = json.dumps(make_batch("dev-a", [make_record(time.time() - 5)])).encode()
         status, _, body = running.request("POST", "/api/v1/ingest", batch, token=running.device_token)
@@ -202,25 +136,25 @@ def test_serve_over_tls_verified_against_a_test_ca(config: Path, tmp_path: Path)
         with pytest.raises((ConnectionError, http.client.HTTPException)):
             plain.request("GET", "/api/v1/devices")
     finally:
-        _stop(running)
+        stop_fleet(running)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_cli_errors_are_one_line(config: Path, tmp_path: Path) -> None:
-    result = _fleet(config, "serve", "--port", "0")
+    result = fleet_cli(config, "serve", "--port", "0")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "edge-fleet: error: the database is at revision none, the server needs 0001: run `edge-fleet migrate`"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("database_url: mysql://x\n")
-    result = _fleet(bad, "migrate")
+    result = fleet_cli(bad, "migrate")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "database_url" in result.stderr and "Traceback" not in result.stderr
-    result = _fleet(config, "serve", "--host", "0.0.0.0")
+    result = fleet_cli(config, "serve", "--host", "0.0.0.0")
     assert result.returncode == 1 and "plain HTTP" in result.stderr
-    assert _fleet(config, "migrate").returncode == 0
-    assert _fleet(config, "enroll", "dev-a").returncode == 0
-    again = _fleet(config, "enroll", "dev-a")
+    assert fleet_cli(config, "migrate").returncode == 0
+    assert fleet_cli(config, "enroll", "dev-a").returncode == 0
+    again = fleet_cli(config, "enroll", "dev-a")
     assert again.returncode == 1 and again.stderr.strip().splitlines() == [
         "edge-fleet: error: device 'dev-a' is already enrolled: rotate its token instead"]
     debug = subprocess.run([sys.executable, "-m", "fleet_server.cli", "enroll", "dev-a", "--config", str(config),
