@@ -152,7 +152,8 @@ BAD_SHAPES = {
     "gpu_load above 1": _set("records.0.record.system.gpu_load", 420),
     "temperature a string": _set("records.0.record.system.temperatures_c.CPU-therm", "hot"),
     "clocks_locked a string": _set("records.0.record.system.clocks_locked", "yes"),
-    "unknown record key": _set("records.0.record.bonus", 1),
+    "unknown record entry key": _set("records.0.bonus", 1),
+    "too many record keys": lambda batch: batch["records"][0]["record"].update({f"k{i}": i for i in range(70)}),
     "models not a list": _set("records.0.record.models", {}),
     "model requests a float": _set("records.0.record.models.0.requests", 1.5),
     "histogram counts too short": _set("records.0.record.models.0.histogram.counts", [1]),
@@ -167,6 +168,18 @@ def test_malformed_shapes_and_types_are_400(fleet: FleetHarness, mutation: Mutat
     changed = mutation(batch)
     _assert_json_error(_post(fleet, changed if changed is not None else batch, fleet.tokens["dev-a"]), 400)
     assert _stored(fleet) == 0
+
+
+def test_unknown_figures_inside_a_record_are_ignored_not_refused(fleet: FleetHarness) -> None:
+    """A device on a newer runtime may report figures this server does not know: stored without them."""
+    batch = copy.deepcopy(_batch(fleet))
+    record = batch["records"][0]["record"]
+    record["bonus"] = 1
+    record["system"]["npu_load"] = 0.3
+    record["models"][0]["queue_ms"] = 1.5
+    reply = _post(fleet, batch, fleet.tokens["dev-a"])
+    assert reply.status_code == 200, reply.get_json()
+    assert _stored(fleet) == len(batch["records"])
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"not json", b"\xff\xfe", b"[" * 100000, b'{"device_id": NaN}',
