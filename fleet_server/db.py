@@ -66,10 +66,14 @@ def begin_write(connection: Connection, is_sqlite: bool) -> None:
 
     A deferred SQLite transaction that reads first and writes later fails at once (SQLITE_BUSY,
     no waiting) when another writer committed in between; taking the lock up front makes it wait.
+    A connection that has only read so far (ingest authenticates first) is fine: on SQLite its
+    read transaction, which holds no lock, is ended first; on PostgreSQL the writes join it.
     """
     if is_sqlite:
+        if connection.in_transaction():
+            connection.rollback()
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
+    elif not connection.in_transaction():
         connection.begin()
 
 

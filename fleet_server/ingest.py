@@ -6,15 +6,23 @@ device against the batch's (403). Records are inserted with ``INSERT ... ON CONF
 sequence) DO NOTHING RETURNING`` on both SQLite and PostgreSQL, so a replayed record — even one
 replayed concurrently by another worker or instance — is stored once and counted as a duplicate;
 the unique constraint, not a read-then-write check, is what decides.
+
+Cost per batch (the fleet-scale bench, scripts/bench/ingest_bench.py): the body (at most the cap
++ 1 bytes, which the server would have to drain anyway to keep the connection alive) is read
+before a database connection is taken, so a slow upload holds none; then one pooled connection
+from the token check to the commit, and statements built once per dialect with bound parameters
+(SQLAlchemy caches their compiled form): the token lookup, one insert into ``samples``, one into
+``model_samples`` and one update of the device row. The answers and their order are as above.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, cast
 
 from flask import request
-from sqlalchemy import Connection, case, insert, or_, update
+from sqlalchemy import JSON, BigInteger, Connection, Float, Insert, Table, Update, bindparam, case, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fleet_server.batch import Batch, Record, parse_batch
@@ -39,47 +47,72 @@ class IngestResult:
 
 
 def handle_ingest(context: FleetContext) -> IngestResult:
-    """Check, parse and store the current request's batch."""
+    """Check, parse and store the current request's batch (one database connection, one transaction)."""
     settings = context.settings
     cap = settings.max_ingest_bytes
     if request.content_length is not None and request.content_length > cap:
         raise PayloadTooLargeError(f"body of {request.content_length} bytes is over the cap of {cap}")
+    body = request.stream.read(cap + 1)  # before taking a database connection: a slow upload holds none
     with database_errors(), context.engine.connect() as connection:
         identity = authenticate_device(connection, context.secret, bearer_token())
-    if request.mimetype != "application/json":
-        raise BadBatchError("expected Content-Type: application/json")
-    body = request.stream.read(cap + 1)
-    if len(body) > cap:
-        raise PayloadTooLargeError(f"body is over the cap of {cap} bytes")
-    now = context.clock()
-    batch = parse_batch(body, now, settings.max_batch_records, settings.max_future_s)
-    if batch.device_id != identity.device_id:
-        raise ForbiddenError(f"this token belongs to device {identity.device_id!r}, not {batch.device_id!r}")
-    with database_errors(), context.engine.connect() as connection:
+        if request.mimetype != "application/json":
+            raise BadBatchError("expected Content-Type: application/json")
+        if len(body) > cap:
+            raise PayloadTooLargeError(f"body is over the cap of {cap} bytes")
+        now = context.clock()
+        batch = parse_batch(body, now, settings.max_batch_records, settings.max_future_s)
+        if batch.device_id != identity.device_id:
+            raise ForbiddenError(f"this token belongs to device {identity.device_id!r}, not {batch.device_id!r}")
         begin_write(connection, context.is_sqlite)
         result = store_batch(connection, identity.device_pk, batch, now)
         connection.commit()
     return result
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The ingest statements, built once per dialect (bound parameters; executed with each batch's values)."""
+
+    samples: Insert
+    model_samples: Insert
+    device: Update
+
+
+@functools.lru_cache(maxsize=None)
+def _statements(dialect_name: str) -> _Statements:
+    samples, models, devices = (cast(Table, row.__table__) for row in (Sample, ModelSample, Device))
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    newer = or_(devices.c.latest_sequence.is_(None), devices.c.latest_sequence < bindparam("latest", type_=BigInteger))
+    return _Statements(
+        samples=(dialect.insert(samples).on_conflict_do_nothing(index_elements=["device_pk", "sequence"])
+                 .returning(samples.c.id, samples.c.sequence)),
+        # RETURNING makes SQLAlchemy send the rows as one multi-row INSERT (insertmanyvalues): one
+        # round trip, where psycopg's executemany would pipeline one statement per row.
+        model_samples=insert(models).returning(models.c.id),
+        # One statement for the device row: last seen, facts, the highest dropped count, and the
+        # latest record's figures only when this batch holds a newer sequence than the row has.
+        device=update(devices).where(devices.c.id == bindparam("pk", type_=BigInteger)).values(
+            last_seen=bindparam("received", type_=Float), facts=bindparam("facts", type_=JSON),
+            dropped=case((devices.c.dropped < bindparam("dropped", type_=BigInteger),
+                          bindparam("dropped", type_=BigInteger)), else_=devices.c.dropped),
+            latest_sequence=case((newer, bindparam("latest", type_=BigInteger)), else_=devices.c.latest_sequence),
+            summary=case((newer, bindparam("summary", type_=JSON)), else_=devices.c.summary)),
+    )
+
+
 def store_batch(connection: Connection, device_pk: int, batch: Batch, received: float) -> IngestResult:
     """Insert the batch's new records (duplicates skipped by the unique constraint); update the device."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = (dialect.insert(Sample).values([_sample_row(device_pk, record, received) for record in batch.records])
-                 .on_conflict_do_nothing(index_elements=["device_pk", "sequence"])
-                 .returning(Sample.id, Sample.sequence))
-    inserted = {int(sequence): int(sample_id) for sample_id, sequence in connection.execute(statement)}
+    statements = _statements(connection.dialect.name)
+    rows = [_sample_row(device_pk, record, received) for record in batch.records]
+    inserted = {int(sequence): int(sample_id) for sample_id, sequence in connection.execute(statements.samples, rows)}
     model_rows = [_model_row(device_pk, inserted[record.sequence], record, model)
                   for record in batch.records if record.sequence in inserted for model in record.models]
     if model_rows:
-        connection.execute(insert(ModelSample), model_rows)
-    connection.execute(update(Device).where(Device.id == device_pk).values(
-        last_seen=received, facts=batch.facts,
-        dropped=case((Device.dropped < batch.dropped, batch.dropped), else_=Device.dropped)))
+        connection.execute(statements.model_samples, model_rows)
     latest = batch.records[-1]
-    connection.execute(update(Device).where(
-        Device.id == device_pk, or_(Device.latest_sequence.is_(None), Device.latest_sequence < latest.sequence)
-    ).values(latest_sequence=latest.sequence, summary=record_summary(latest)))
+    connection.execute(statements.device, {"pk": device_pk, "received": received, "facts": batch.facts,
+                                           "dropped": batch.dropped, "latest": latest.sequence,
+                                           "summary": record_summary(latest)})
     return IngestResult(len(inserted), len(batch.records) - len(inserted), latest.sequence)
 
 

@@ -67,7 +67,7 @@ postgres_start() {
   fi
   if ! _pg_run "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     _pg_run "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >/dev/null ||
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=${EDGE_PG_FSYNC:-off} -c max_connections=200" start >/dev/null ||
       { tail -20 "$dir/server.log" >&2; return 1; }
   fi
   postgres_url "$dir" "$port"
