@@ -9,6 +9,7 @@ device's history and the device list from the central server's API, as the dashb
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -18,15 +19,21 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
-from fleet_support import Served, start_fleet, stop_fleet
+from fleet_support import Served, make_ca_and_server_cert, start_fleet, stop_fleet
 from runtime_support import RunningServer, affine, start_server
 
 
 @pytest.fixture()
-def fleet(tmp_path: Path, database_url: str) -> Iterator[Served]:
+def fleet(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[Served]:
+    """edge-fleet serve, plain HTTP on 127.0.0.1 or TLS with a certificate from a CA made here."""
     config = tmp_path / "fleet.yaml"
     config.write_text(f"database_url: {database_url}\nsecret_file: secret.key\n")
-    served = start_fleet(config, tmp_path / "fleet.log", [], None)  # enrolls dev-a
+    extra: List[str] = []
+    context = None
+    if request.param == "https":
+        ca, cert, key = make_ca_and_server_cert(tmp_path)
+        extra, context = ["--tls-cert", str(cert), "--tls-key", str(key)], ssl.create_default_context(cafile=str(ca))
+    served = start_fleet(config, tmp_path / "fleet.log", extra, context)  # enrolls dev-a
     yield served
     stop_fleet(served)
 
@@ -47,8 +54,9 @@ def runtime(tmp_path: Path, repository: Path, keypair: Tuple[Path, Path], device
 def agent(tmp_path: Path, fleet: Served, runtime: RunningServer) -> Iterator[subprocess.Popen]:
     (tmp_path / "device-token").write_text(fleet.device_token + "\n")
     config = tmp_path / "agent.yaml"
-    config.write_text(f"server_url: http://127.0.0.1:{fleet.port}\ndevice_id: dev-a\ntoken_file: device-token\n"
-                      f"ca_bundle: null\nspool_path: {tmp_path / 'spool.sqlite'}\npoll_s: 0.5\n")
+    scheme, ca = ("https", tmp_path / "ca.pem") if fleet.context is not None else ("http", None)
+    config.write_text(f"server_url: {scheme}://127.0.0.1:{fleet.port}\ndevice_id: dev-a\ntoken_file: device-token\n"
+                      f"ca_bundle: {ca or 'null'}\nspool_path: {tmp_path / 'spool.sqlite'}\npoll_s: 0.5\n")
     log = (tmp_path / "agent.log").open("w")
     process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "agent", "--config", str(config)],
                                stdout=log, stderr=subprocess.STDOUT)
@@ -79,6 +87,8 @@ def _served_points(history: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [p for p in history["points"] if p["models"].get("tiny", {}).get("requests")]
 
 
+@pytest.mark.parametrize("database_url, fleet", [("sqlite", "http"), ("postgresql", "http"), ("sqlite", "https")],
+                         indirect=True, ids=["sqlite", "postgresql", "sqlite-tls"])
 def test_inference_traffic_shows_in_the_servers_history(fleet: Served, runtime: RunningServer,
                                                         agent: subprocess.Popen) -> None:
     _infer(runtime, 60)
