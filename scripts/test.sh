@@ -14,7 +14,7 @@ source scripts/lib/dashboard_assets.sh
 ensure_debian_packages postgresql chromium
 ensure_dashboard_assets
 
-ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,export,fleet,dev]"
+ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,sync,export,fleet,dev]"
 # tensorrt-stubs depends on the tensorrt wheel, which downloads libnvinfer from outside the
 # registries; the stubs alone are all mypy needs.
 .venv/bin/python -m pip show -q tensorrt-stubs >/dev/null 2>&1 ||
@@ -31,6 +31,6 @@ echo "== pytest (Python $(.venv/bin/python -c 'import platform; print(platform.p
 .venv/bin/python -m pytest "$@"
 
 py38=$(find_python38)
-ensure_venv .venv38 "$py38" -e ".[cpu,server]" "pytest>=7.4" "hypothesis>=6.80" "tritonclient[http]>=2.40" "onnx>=1.15"
+ensure_venv .venv38 "$py38" -e ".[cpu,server,sync]" "pytest>=7.4" "hypothesis>=6.80" "tritonclient[http]>=2.40" "onnx>=1.15"
 echo "== pytest on Python 3.8 (device runtime only)"
 .venv38/bin/python -m pytest -m "not export" "$@"
