@@ -50,7 +50,15 @@ def check_server_url(url: str, source: str = "server_url") -> None:
         raise ConfigError(f"{source}: expected an https://HOST[:PORT] URL, got {url!r}")
     if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         raise ConfigError(f"{source}: plain http is allowed only to 127.0.0.1 or localhost, not "
-                          f"{parts.hostname!r}: use https:// (telemetry and the device token would travel in clear)")
+                          f"{parts.hostname!r}: use https:// (data and the device token would travel in clear)")
+
+
+def tls_context(ca_bundle: Optional[str]) -> ssl.SSLContext:
+    """The TLS context of every agent connection: the CA bundle's CAs (or the system's), chain and host name checked."""
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_bundle: cannot load {ca_bundle}: {exc}") from exc
 
 
 class HttpTransport:
@@ -64,12 +72,7 @@ class HttpTransport:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._timeout_s = timeout_s
-        self._context: Optional[ssl.SSLContext] = None
-        if self._https:
-            try:
-                self._context = ssl.create_default_context(cafile=ca_bundle)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"ca_bundle: cannot load {ca_bundle}: {exc}") from exc
+        self._context = tls_context(ca_bundle) if self._https else None
 
     def __call__(self, path: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """POST ``body`` to ``path`` under the server URL; the reply, whatever its status."""
