@@ -2,7 +2,8 @@
 
 Subcommands: ``keygen`` (a bundle signing key pair), ``check`` (verify a bundle against
 trusted public keys), ``serve`` (the KServe v2 HTTP server), ``info`` (host fingerprint),
-``activate`` (a model's active version) and ``agent`` (uploads telemetry to the fleet server).
+``activate`` (a model's active version), ``agent`` (uploads telemetry to the fleet server) and
+``sync --once`` (one pass of the fleet sync: pull, verify, install, health-gate new bundles).
 Every :class:`~edge_runtime.errors.EdgeRuntimeError` is printed as one line,
 ``edge-runtime: error: <message>``, on stderr with exit status 1; usage errors exit with
 status 2 (argparse).
@@ -170,6 +171,38 @@ def _agent(args: argparse.Namespace, out: TextIO) -> int:
     return agent.run(load_agent_settings(args.config))
 
 
+# --- sync ---------------------------------------------------------------------------------
+
+
+def _sync_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", required=True,
+                        help="one pass: refresh the TUF metadata, take each newer bundle for this device through "
+                             "download, install and health gate, then exit")
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE",
+                        help="agent settings YAML with a 'sync' block")
+
+
+def _sync(args: argparse.Namespace, out: TextIO) -> int:
+    import logging
+
+    from edge_runtime.fleet import sync_pass
+    from edge_runtime.fleet.sync import PROMOTED
+    from edge_runtime.fleet.sync_config import load_sync_settings
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    outcomes = sync_pass.run_once(load_sync_settings(args.config))
+    for outcome in outcomes:
+        print(outcome.line(), file=out)
+    bad = [o for o in outcomes if o.status != PROMOTED]
+    if bad:
+        print(f"{PROG}: error: {len(bad)} of {len(outcomes)} update(s) not promoted; first: {bad[0].line()}",
+              file=sys.stderr)
+        return 1
+    if not outcomes:
+        print("up to date: no newer bundle for this device", file=out)
+    return 0
+
+
 # --- check ----------------------------------------------------------------------------------
 
 
@@ -276,6 +309,8 @@ _COMMANDS: Dict[str, _Command] = {
     "activate": _Command(_activate_arguments, _activate, "make a model version the active one (the version served)"),
     "agent": _Command(_agent_arguments, _agent, "upload the telemetry spool to the central fleet server (the agent "
                                                 "process)"),
+    "sync": _Command(_sync_arguments, _sync, "pull, verify, install and health-gate newer bundles for this device "
+                                             "(--once: one pass)"),
 }
 
 

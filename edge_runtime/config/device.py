@@ -99,6 +99,19 @@ class TensorRTSettings:
 
 
 @dataclass(frozen=True)
+class HealthGateSettings:
+    """What a new model version must show, loaded beside the active one, before it may replace it (fleet sync)."""
+
+    probe_requests: int = 20  # inferences sent to the staged version after its warm-up
+    # p99 latency budget of those probes, end to end over loopback HTTP. Generous by default: a
+    # gate that fails on a slow moment rolls back a good version; tighten it per device.
+    max_p99_ms: float = 1000.0
+    max_failures: int = 0  # probes that may fail (an error status or a non-finite output)
+    # Fraction of the bundle's probe set whose outputs must match the expected ones; None: no check.
+    accuracy_min: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """Everything the export pipeline and the runtime need to know about one target device."""
 
@@ -118,6 +131,7 @@ class DeviceConfig:
     tensorrt_version: Optional[str] = None
     dla_cores: int = 0
     tensorrt: TensorRTSettings = field(default_factory=TensorRTSettings)
+    health_gate: HealthGateSettings = field(default_factory=HealthGateSettings)
     source: str = field(default="", metadata=NOT_A_KEY)
 
     @property
@@ -173,6 +187,7 @@ def _check_device_config(cfg: DeviceConfig) -> None:
             )
     check_at_least(src, "dla_cores", cfg.dla_cores, 0)
     _check_tensorrt(src, cfg)
+    _check_health_gate(src, cfg.health_gate)
     check_at_least(src, "memory_budget_mb", cfg.memory_budget_mb, 1)
     check_at_least(src, "workspace_mb", cfg.workspace_mb, 1)
 
@@ -205,6 +220,20 @@ def _check_quantization(src: str, quant: QuantizationSettings) -> None:
         src, "quantization.calibration_method", quant.calibration_method, CALIBRATION_METHODS
     )
     check_at_least(src, "quantization.calibration_samples", quant.calibration_samples, 1)
+
+
+def _check_health_gate(src: str, gate: HealthGateSettings) -> None:
+    check_at_least(src, "health_gate.probe_requests", gate.probe_requests, 1)
+    check_at_least(src, "health_gate.max_failures", gate.max_failures, 0)
+    if gate.max_failures >= gate.probe_requests:
+        raise ConfigError(f"{src}: health_gate.max_failures: expected fewer than probe_requests "
+                          f"({gate.probe_requests}), got {gate.max_failures} (every probe could fail)")
+    if not gate.max_p99_ms > 0 or gate.max_p99_ms == float("inf"):
+        raise ConfigError(f"{src}: health_gate.max_p99_ms: expected a positive number of milliseconds, "
+                          f"got {gate.max_p99_ms!r}")
+    if gate.accuracy_min is not None and not 0.0 <= gate.accuracy_min <= 1.0:
+        raise ConfigError(f"{src}: health_gate.accuracy_min: expected a fraction in 0..1, "
+                          f"got {gate.accuracy_min!r}")
 
 
 def _check_tensorrt(src: str, cfg: DeviceConfig) -> None:

@@ -18,23 +18,27 @@ blueprint = Blueprint("infer", __name__)
 def infer(name: str, version: Optional[str] = None) -> Response:
     """Decode, run through the model's queue (dynamic batching), encode."""
     ctx = context()
-    model = ctx.repository.get(name, version)  # 404/503 before reading the body
-    encoding = request.headers.get("Content-Encoding", "identity").lower()
-    if encoding != "identity":
-        raise UnsupportedMediaTypeError(f"Content-Encoding '{encoding}' is not supported; send the body uncompressed")
-    decoded = codec.decode_infer_request(
-        request.get_data(cache=False),
-        request.headers.get("Inference-Header-Content-Length"),
-        model.inputs,
-        [spec.name for spec in model.outputs],
-        ctx.shm,
-        ctx.limits,
-    )
-    try:  # the shared-memory regions of the outputs are held from decode until they are written
-        outputs = model.infer(decoded.inputs)
-        body, headers = codec.encode_infer_response(
-            model_name=model.name, model_version=model.version, request=decoded, outputs=outputs
+    model = ctx.repository.hold(name, version)  # 404/503 before reading the body; a swap waits for it
+    try:
+        encoding = request.headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":
+            raise UnsupportedMediaTypeError(
+                f"Content-Encoding '{encoding}' is not supported; send the body uncompressed")
+        decoded = codec.decode_infer_request(
+            request.get_data(cache=False),
+            request.headers.get("Inference-Header-Content-Length"),
+            model.inputs,
+            [spec.name for spec in model.outputs],
+            ctx.shm,
+            ctx.limits,
         )
+        try:  # the shared-memory regions of the outputs are held from decode until they are written
+            outputs = model.infer(decoded.inputs)
+            body, headers = codec.encode_infer_response(
+                model_name=model.name, model_version=model.version, request=decoded, outputs=outputs
+            )
+        finally:
+            decoded.release()
     finally:
-        decoded.release()
+        model.release()
     return Response(body, status=200, headers=headers)

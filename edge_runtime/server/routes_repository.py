@@ -6,6 +6,12 @@ A load is an operator's explicit act: it makes a version the model's active one 
 highest version on disk) and ``"config": "<json>"`` (Triton's config override, limited to how the
 signed bundle is served: see :mod:`edge_runtime.serving.config_override`). ``file:`` overrides
 are refused: what is served is always a signed bundle.
+
+The health gate's steps (this runtime's extension, in the same restricted group):
+``.../versions/<v>/stage`` loads a version beside the active one (reachable at
+``/v2/models/<m>/versions/<v>``, the pointer untouched), ``.../versions/<v>/promote`` makes a
+staged version the active one (pointer written, the one it replaces unloaded after draining),
+``.../versions/<v>/unload`` stops one version (a failed gate's).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any, Dict
 
 from flask import Blueprint, Response, request
 
-from edge_runtime.errors import RequestError
+from edge_runtime.errors import EdgeRuntimeError, ModelNotReadyError, RequestError
 from edge_runtime.server.context import context
 from edge_runtime.server.json_body import object_body
 from edge_runtime.server.responses import json_response
@@ -23,6 +29,12 @@ from edge_runtime.serving.config_override import apply_config_override
 _LOAD_PARAMETERS = ("config", "version")
 
 blueprint = Blueprint("repository", __name__)
+
+
+class NotStagedError(EdgeRuntimeError):
+    """A promote of a version that is not staged and ready: the client's acts are out of order (409, not 503)."""
+
+    http_status = 409
 
 
 @blueprint.post("/v2/repository/index")
@@ -68,6 +80,36 @@ def unload(name: str) -> Response:
     body = object_body(ctx.limits, request.get_data(cache=False), "unload")
     _parameters(body)
     ctx.repository.unload(name)
+    return json_response({})
+
+
+@blueprint.post("/v2/repository/models/<name>/versions/<version>/stage")
+def stage(name: str, version: str) -> Response:
+    """Load a version beside the active one for probing; the active version and the pointer stay."""
+    ctx = context()
+    _parameters(object_body(ctx.limits, request.get_data(cache=False), "stage"))
+    model = ctx.repository.stage(name, version)
+    return json_response({"name": name, "version": model.version, "state": model.state})
+
+
+@blueprint.post("/v2/repository/models/<name>/versions/<version>/promote")
+def promote(name: str, version: str) -> Response:
+    """Make a staged, ready version the active one (409 when it is not); the old one drains and stops."""
+    ctx = context()
+    _parameters(object_body(ctx.limits, request.get_data(cache=False), "promote"))
+    try:
+        ctx.repository.promote(name, version)
+    except ModelNotReadyError as exc:  # retrying will not help until the version is staged
+        raise NotStagedError(str(exc)) from exc
+    return json_response({"name": name, "version": version, "state": "READY"})
+
+
+@blueprint.post("/v2/repository/models/<name>/versions/<version>/unload")
+def unload_version(name: str, version: str) -> Response:
+    """Stop serving one version of a model (a failed gate's staged one) after draining its queue."""
+    ctx = context()
+    _parameters(object_body(ctx.limits, request.get_data(cache=False), "unload"))
+    ctx.repository.unload(name, version)
     return json_response({})
 
 

@@ -53,6 +53,10 @@ class ServedModel:
         self._queue: Optional[RequestQueue] = None
         self._instances: List[ModelInstance] = []
         self._lock = threading.Lock()
+        # Requests that got this model from the table and have not finished: stop() waits for them,
+        # so a request that found the old version just before a swap is still answered by it.
+        self._holders = 0
+        self._released = threading.Condition(self._lock)
 
     @property
     def ready(self) -> bool:
@@ -123,15 +127,28 @@ class ServedModel:
             request.future.cancel()  # the worker skips it if it has not started it yet
             raise RequestTimeoutError(f"no result from model '{self.name}' within {timeout_s:g} s") from None
 
+    def hold(self) -> None:
+        """A request got this model (under the table's lock): stop() waits for its release."""
+        with self._lock:
+            self._holders += 1
+
+    def release(self) -> None:
+        """The request that held this model has finished."""
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                self._released.notify_all()
+
     def stop(self, drain_timeout_s: float) -> None:
-        """Refuse new requests, let the workers drain the queue, then close the backends."""
+        """Wait for the requests holding this model, refuse new ones, drain the queue, close the backends."""
+        deadline = time.monotonic() + drain_timeout_s
         with self._lock:
             if self.state in (UNLOADING, UNAVAILABLE):
                 return
+            self._released.wait_for(lambda: self._holders == 0, timeout=drain_timeout_s)
             self.state = UNLOADING
         if self._queue is not None:
             self._queue.close()
-        deadline = time.monotonic() + drain_timeout_s
         for instance in self._instances:
             instance.join(max(0.0, deadline - time.monotonic()))
         if self._queue is not None:

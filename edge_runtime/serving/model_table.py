@@ -131,14 +131,20 @@ class ModelTable:
 
     # --- requests: memory only --------------------------------------------------------------------
 
-    def get(self, name: str, version: Optional[str] = None) -> ServedModel:
-        """The ready model (version), or 404 (unknown model/version) / 503 (known, not serving)."""
+    def get(self, name: str, version: Optional[str] = None, hold: bool = False) -> ServedModel:
+        """The ready model (version), or 404 (unknown model/version) / 503 (known, not serving).
+
+        ``hold``: the model is held for the caller (who must ``release()`` it), taken under the lock
+        that a swap takes it out of the table with, so its stop() waits for the caller.
+        """
         model: Optional[ServedModel] = None
         with self._lock:
             versions = self._models.get(name)
             if versions is not None:
                 model = versions.get(version or self._active.get(name, ""))
                 if model is not None and model.state == READY:
+                    if hold:
+                        model.hold()
                     return model
         return self._refuse(name, version, model)
 

@@ -272,6 +272,10 @@ class ModelRepository:
         """The ready model (version), or 404 (unknown model/version) / 503 (known, not serving); no disk access."""
         return self._table.get(name, version)
 
+    def hold(self, name: str, version: Optional[str] = None) -> ServedModel:
+        """As :meth:`get`, held for a request until its ``release()``: a swap or unload waits for it."""
+        return self._table.get(name, version, hold=True)
+
     def loaded(self) -> List[ServedModel]:
         """Every loaded model version (for statistics and metrics)."""
         return self._table.loaded()

@@ -1,0 +1,202 @@
+"""One sync pass: which signed bundles are for this device, and taking each through download, install and gate.
+
+:func:`sync_once` refreshes the TUF metadata, then, for every target whose custom fields name this
+device's class and a model version above the model's active one (the highest such version per
+model), it downloads the tar into the staging directory (resumably, checked against the target's
+length and sha256), installs it (unpack, verify, atomic rename: :mod:`edge_runtime.fleet.install`)
+and asks the health gate, which loads it beside the active version, probes it, and promotes it or
+unloads it. Each target ends as one :class:`SyncOutcome`: ``promoted``, ``refused`` (a SyncError's
+one line: the bundle or its metadata is wrong; the same bytes would be refused again),
+``gate_failed`` (the gate's reason) or ``failed`` (transport, disk, anything else: worth a retry).
+An error in one target never stops the others, and nothing here writes the active-version pointer:
+only a passing gate does, so the active version serves whatever happens.
+
+Every step is a parameter (the seams the tests fill with fakes); :mod:`edge_runtime.fleet.sync_pass`
+builds the real ones from :class:`~edge_runtime.fleet.sync_config.SyncSettings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
+
+from edge_runtime.config import DeviceConfig, load_device_config
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.fleet.errors import SyncError
+from edge_runtime.fleet.install import InstalledVersion, active_floor
+from edge_runtime.fleet.sync_config import SyncSettings
+from edge_runtime.fleet.tuf_client import TufTarget
+from edge_runtime.serving.active_version import is_version_name, version_key
+from edge_runtime.serving.repository_layout import is_model_name
+
+log = logging.getLogger(__name__)
+
+PROMOTED = "promoted"
+REFUSED = "refused"
+GATE_FAILED = "gate_failed"
+FAILED = "failed"
+METADATA = "(metadata)"  # the outcome's target when the refresh itself failed
+
+
+class TargetSource(Protocol):
+    """The TUF client as a sync pass uses it (:class:`edge_runtime.fleet.sync_pass.ListingTufClient`)."""
+
+    def refresh(self) -> None:
+        """Fetch and verify the newest metadata."""
+
+    def target_names(self) -> List[str]:
+        """The names of the targets the verified metadata lists."""
+
+    def target(self, name: str) -> TufTarget:
+        """The verified target ``name``."""
+
+
+class GateVerdict(Protocol):
+    """What the health gate answers (``health_gate.GateResult`` has these two fields)."""
+
+    passed: bool
+    reason: str
+
+
+DownloadFn = Callable[[TufTarget, Path], Path]  # (target, destination file) -> the verified file
+InstallFn = Callable[[Path, str], InstalledVersion]  # (tar, model name) -> the version now on disk
+GateFn = Callable[[InstalledVersion], GateVerdict]  # loads, probes, promotes or unloads
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """What became of one target in one pass; ``reason`` is one line (empty when promoted)."""
+
+    target: str
+    model: str
+    version: str
+    status: str  # PROMOTED, REFUSED, GATE_FAILED or FAILED
+    reason: str
+    at: float  # seconds since the epoch
+
+    def line(self) -> str:
+        """The outcome as one log line."""
+        what = f"{self.model} {self.version}" if self.model else self.target
+        return f"{what} ({self.target}): {self.status}" + (f": {self.reason}" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """A target this device should take: its model, version and the verified target."""
+
+    model: str
+    version: str
+    target: TufTarget
+
+
+def sync_once(settings: SyncSettings, tuf_client: TargetSource, download_fn: DownloadFn, install_fn: InstallFn,
+              gate_fn: GateFn, now: Callable[[], float] = time.time,
+              device: Optional[DeviceConfig] = None) -> List[SyncOutcome]:
+    """One pass: refresh, then each newer target for this device through download, install and gate."""
+    used = device if device is not None else load_device_config(settings.resolve(settings.device_config))
+    outcomes: List[SyncOutcome] = []
+    try:
+        tuf_client.refresh()
+        names = tuf_client.target_names()
+    except Exception as exc:  # a refused refresh is an outcome, like any other failure
+        outcomes.append(_failure(METADATA, "", "", exc, now))
+        names = []
+    repository = settings.resolve(settings.repository)
+    wanted, refused = _select(tuf_client, names, used, repository, now)
+    outcomes.extend(refused)
+    staging = settings.resolve(settings.staging_dir)
+    for item in wanted:
+        outcomes.append(_take(item, staging, download_fn, install_fn, gate_fn, now))
+    for outcome in outcomes:
+        (log.info if outcome.status == PROMOTED else log.warning)("sync: %s", outcome.line())
+    return outcomes
+
+
+def _select(tuf_client: TargetSource, names: List[str], device: DeviceConfig, repository: Path,
+            now: Callable[[], float]) -> Tuple[List[_Wanted], List[SyncOutcome]]:
+    """The highest version per model above its active one, among the targets for this device class."""
+    best: Dict[str, _Wanted] = {}
+    refused: List[SyncOutcome] = []
+    for name in sorted(names):
+        try:
+            target = tuf_client.target(name)
+        except Exception as exc:  # one target's metadata never stops the others
+            refused.append(_failure(name, "", "", exc, now))
+            continue
+        custom = target.custom
+        if custom.get("device_class") != device.device_class:
+            log.debug("sync: %s is for device class %r, not %r: skipped", name, custom.get("device_class"),
+                      device.device_class)
+            continue
+        model, version = custom.get("model"), custom.get("version")
+        problem = _custom_problem(name, model, version)
+        if problem:
+            refused.append(SyncOutcome(name, str(model or ""), str(version or ""), REFUSED, problem, now()))
+            continue
+        assert isinstance(model, str) and isinstance(version, str)
+        floor = _floor(repository / model)
+        if floor is not None and version_key(version) <= version_key(floor):
+            log.debug("sync: %s: %s %s is not above the active version %s: skipped", name, model, version, floor)
+            continue
+        if model not in best or version_key(version) > version_key(best[model].version):
+            best[model] = _Wanted(model, version, target)
+    return [best[model] for model in sorted(best)], refused
+
+
+def _custom_problem(name: str, model: object, version: object) -> str:
+    """Why a target's custom fields cannot be acted on ('' when they can)."""
+    if not isinstance(model, str) or not is_model_name(model) or "/" in model or model in (".", ".."):
+        return f"TUF target '{name}': custom field 'model' is not a model name: {model!r}"
+    if not isinstance(version, str) or not is_version_name(version):
+        return f"TUF target '{name}': custom field 'version' is not a version number (ASCII digits): {version!r}"
+    if "/" in name or name.startswith(".") or not name.endswith(".tar"):
+        return f"TUF target '{name}': a bundle target is a '<name>-<version>.tar' file name"
+    return ""
+
+
+def _floor(model_dir: Path) -> Optional[str]:
+    """The model's active version (the one a new version must be above); None for a model not on disk."""
+    return active_floor(model_dir) if model_dir.is_dir() else None
+
+
+def _take(item: _Wanted, staging: Path, download_fn: DownloadFn, install_fn: InstallFn, gate_fn: GateFn,
+          now: Callable[[], float]) -> SyncOutcome:
+    """Download, install and gate one target; its outcome (errors included)."""
+    name = item.target.name
+    tar = staging / name
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        download_fn(item.target, tar)
+        try:
+            installed = install_fn(tar, item.model)
+        finally:
+            tar.unlink(missing_ok=True)  # installed, or refused (the same bytes would be refused again)
+        if installed.version != item.version:
+            return SyncOutcome(name, item.model, item.version, REFUSED,
+                               f"the bundle is version {installed.version}, its TUF target says {item.version}",
+                               now())
+        verdict = gate_fn(installed)
+    except Exception as exc:  # one target's failure never stops the others
+        return _failure(name, item.model, item.version, exc, now)
+    if not verdict.passed:
+        return SyncOutcome(name, item.model, item.version, GATE_FAILED, _one_line(verdict.reason), now())
+    return SyncOutcome(name, item.model, item.version, PROMOTED, "", now())
+
+
+def _failure(target: str, model: str, version: str, exc: BaseException, now: Callable[[], float]) -> SyncOutcome:
+    """An exception as an outcome: REFUSED for a SyncError the bundle or metadata caused, else FAILED."""
+    if isinstance(exc, SyncError) and exc.http_status in (404, 422):
+        status = REFUSED
+    else:
+        status = FAILED
+        if not isinstance(exc, EdgeRuntimeError):
+            log.error("sync: %s: unexpected error", target, exc_info=exc)
+    reason = _one_line(str(exc)) or type(exc).__name__
+    return SyncOutcome(target, model, version, status, reason, now())
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())

@@ -1,0 +1,266 @@
+"""One sync pass with a fake for each seam: what is taken, in which order, and how each failure ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from edge_runtime.bundle.manifest import Manifest, TensorSpec
+from edge_runtime.config import DeviceConfig, load_device_config
+from edge_runtime.errors import ConfigError
+from edge_runtime.fleet.errors import (
+    BundleRefusedError,
+    DownloadIntegrityError,
+    MetadataRefusedError,
+    TransportError,
+)
+from edge_runtime.fleet.install import InstalledVersion
+from edge_runtime.fleet.sync import FAILED, GATE_FAILED, METADATA, PROMOTED, REFUSED, SyncOutcome, sync_once
+from edge_runtime.fleet.sync_config import SyncSettings, load_sync_settings, runtime_headers
+from edge_runtime.fleet.tuf_client import TufTarget
+from edge_runtime.serving.active_version import ActiveVersion, write_pointer
+
+CLASS = "x86-cpu"
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    reason: str = ""
+
+
+class FakeTuf:
+    """Targets by name; ``broken`` names raise on lookup; ``refresh_error`` fails the refresh."""
+
+    def __init__(self, targets: List[TufTarget], broken: Tuple[str, ...] = (),
+                 refresh_error: Optional[Exception] = None) -> None:
+        self.targets = {t.name: t for t in targets}
+        self.broken = broken
+        self.refresh_error = refresh_error
+        self.refreshed = 0
+
+    def refresh(self) -> None:
+        self.refreshed += 1
+        if self.refresh_error is not None:
+            raise self.refresh_error
+
+    def target_names(self) -> List[str]:
+        return sorted([*self.targets, *self.broken])
+
+    def target(self, name: str) -> TufTarget:
+        if name in self.broken:
+            raise MetadataRefusedError(f"TUF target '{name}': no sha256 hash or no length in its metadata")
+        return self.targets[name]
+
+
+def target(model: str, version: str, device_class: str = CLASS, name: Optional[str] = None) -> TufTarget:
+    name = name or f"{model}-{version}.tar"
+    custom: Dict[str, Any] = {"model": model, "version": version, "device_class": device_class}
+    return TufTarget(name, 100, "0" * 64, custom, f"http://127.0.0.1:1/targets/{name}")
+
+
+class Steps:
+    """Fake download, install and gate, recording each call in one list; failures chosen per model."""
+
+    def __init__(self, fail_download: Tuple[str, ...] = (), fail_install: Tuple[str, ...] = (),
+                 fail_gate: Tuple[str, ...] = (), crash_gate: Tuple[str, ...] = ()) -> None:
+        self.calls: List[Tuple[str, str]] = []
+        self.fail_download, self.fail_install = fail_download, fail_install
+        self.fail_gate, self.crash_gate = fail_gate, crash_gate
+
+    def download(self, tuf_target: TufTarget, dest: Path) -> Path:
+        self.calls.append(("download", tuf_target.name))
+        assert dest.parent.is_dir() and dest.name == tuf_target.name
+        if tuf_target.custom["model"] in self.fail_download:
+            raise DownloadIntegrityError(f"{tuf_target.url}: the file differs from its target: sha256 mismatch")
+        dest.write_bytes(b"tar")
+        return dest
+
+    def install(self, tar: Path, model: str) -> InstalledVersion:
+        self.calls.append(("install", tar.name))
+        assert tar.read_bytes() == b"tar"
+        if model in self.fail_install:
+            raise BundleRefusedError(f"{tar.name}: bad signature: manifest.sig does not verify")
+        version = tar.name[len(model) + 1:-len(".tar")]
+        return InstalledVersion(model, version, tar.parent / version, _manifest(model, version), False, ())
+
+    def gate(self, installed: InstalledVersion) -> Verdict:
+        self.calls.append(("gate", f"{installed.model}-{installed.version}"))
+        if installed.model in self.crash_gate:
+            raise RuntimeError("gate crashed")
+        if installed.model in self.fail_gate:
+            return Verdict(False, f"{installed.model} version {installed.version}: p99 1500 ms\nover 1000 ms")
+        return Verdict(True)
+
+
+def _manifest(model: str, version: str) -> Manifest:
+    spec = (TensorSpec(name="input", dtype="float32", shape=(-1, 4)),)
+    return Manifest(name=model, version=version, created="2026-01-01T00:00:00Z", inputs=spec, outputs=spec,
+                    source_model_sha256="0" * 64, artifacts=(), targets=())
+
+
+@pytest.fixture()
+def device(device_configs_dir: Path) -> DeviceConfig:
+    return load_device_config(device_configs_dir / "x86-cpu.yaml")
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> SyncSettings:
+    repo = tmp_path / "repo"
+    for model, active in (("tiny", "1"), ("other", "3")):
+        (repo / model / active).mkdir(parents=True)
+        write_pointer(repo / model, ActiveVersion(active))
+    return SyncSettings(metadata_url="http://127.0.0.1:1/metadata/", targets_url="http://127.0.0.1:1/targets/",
+                        metadata_dir="tuf", trusted_root="root.json", staging_dir="staging", repository="repo",
+                        trusted_keys=("signing.pub",), device_config="device.yaml",
+                        source=str(tmp_path / "agent.yaml"))
+
+
+def run(settings: SyncSettings, device: DeviceConfig, tuf: FakeTuf, steps: Steps) -> List[SyncOutcome]:
+    return sync_once(settings, tuf, steps.download, steps.install, steps.gate, now=lambda: 42.0, device=device)
+
+
+def test_newer_target_goes_through_every_step_in_order(settings: SyncSettings, device: DeviceConfig) -> None:
+    steps = Steps()
+    tuf = FakeTuf([target("tiny", "2")])
+    outcomes = run(settings, device, tuf, steps)
+    assert tuf.refreshed == 1
+    assert steps.calls == [("download", "tiny-2.tar"), ("install", "tiny-2.tar"), ("gate", "tiny-2")]
+    assert outcomes == [SyncOutcome("tiny-2.tar", "tiny", "2", PROMOTED, "", 42.0)]
+    assert not (settings.resolve("staging") / "tiny-2.tar").exists()  # the tar is not kept once installed
+
+
+def test_older_or_equal_version_is_skipped(settings: SyncSettings, device: DeviceConfig) -> None:
+    steps = Steps()
+    assert run(settings, device, FakeTuf([target("tiny", "1"), target("other", "2"), target("other", "3")]),
+               steps) == []
+    assert steps.calls == []
+
+
+def test_another_device_class_is_skipped(settings: SyncSettings, device: DeviceConfig) -> None:
+    steps = Steps()
+    assert run(settings, device, FakeTuf([target("tiny", "5", device_class="jetson-xavier-nx")]), steps) == []
+    assert steps.calls == []
+
+
+def test_only_the_highest_newer_version_per_model(settings: SyncSettings, device: DeviceConfig) -> None:
+    steps = Steps()
+    outcomes = run(settings, device, FakeTuf([target("tiny", "2"), target("tiny", "10"), target("tiny", "9")]), steps)
+    assert [(o.version, o.status) for o in outcomes] == [("10", PROMOTED)]
+    assert steps.calls[0] == ("download", "tiny-10.tar")
+
+
+def test_a_model_not_on_the_device_yet_is_installed(settings: SyncSettings, device: DeviceConfig) -> None:
+    outcomes = run(settings, device, FakeTuf([target("fresh", "1")]), Steps())
+    assert [(o.model, o.status) for o in outcomes] == [("fresh", PROMOTED)]
+
+
+@pytest.mark.parametrize("failing, status, words", [
+    ("download", REFUSED, "sha256 mismatch"),
+    ("install", REFUSED, "bad signature"),
+    ("gate", GATE_FAILED, "p99 1500 ms over 1000 ms"),
+    ("crash", FAILED, "gate crashed"),
+])
+def test_one_failure_is_one_outcome_and_the_others_still_run(settings: SyncSettings, device: DeviceConfig,
+                                                             failing: str, status: str, words: str) -> None:
+    steps = Steps(fail_download=("other",) if failing == "download" else (),
+                  fail_install=("other",) if failing == "install" else (),
+                  fail_gate=("other",) if failing == "gate" else (),
+                  crash_gate=("other",) if failing == "crash" else ())
+    # "other" is taken first (models in name order): "tiny" must still go through after it failed
+    outcomes = run(settings, device, FakeTuf([target("tiny", "2"), target("other", "4")]), steps)
+    assert [(o.model, o.status) for o in outcomes] == [("other", status), ("tiny", PROMOTED)]
+    assert words in outcomes[0].reason and "\n" not in outcomes[0].reason
+    assert ("gate", "tiny-2") in steps.calls
+    assert not list(settings.resolve("staging").glob("*.tar"))
+
+
+def test_a_target_whose_lookup_fails_is_one_outcome(settings: SyncSettings, device: DeviceConfig) -> None:
+    outcomes = run(settings, device, FakeTuf([target("tiny", "2")], broken=("bad-9.tar",)), Steps())
+    assert [(o.target, o.status) for o in outcomes] == [("bad-9.tar", REFUSED), ("tiny-2.tar", PROMOTED)]
+
+
+def test_bad_custom_fields_are_refused(settings: SyncSettings, device: DeviceConfig) -> None:
+    bad_version = target("tiny", "v2")
+    bad_model = target("../etc", "2", name="etc-2.tar")
+    steps = Steps()
+    outcomes = run(settings, device, FakeTuf([bad_version, bad_model]), steps)
+    assert sorted(o.status for o in outcomes) == [REFUSED, REFUSED]
+    assert steps.calls == []
+
+
+def test_version_other_than_the_target_says_is_refused(settings: SyncSettings, device: DeviceConfig) -> None:
+    steps = Steps()
+    outcomes = run(settings, device, FakeTuf([target("tiny", "3", name="tiny-2.tar")]), steps)
+    assert [o.status for o in outcomes] == [REFUSED]
+    assert "its TUF target says 3" in outcomes[0].reason
+    assert ("gate", "tiny-2") not in steps.calls
+
+
+@pytest.mark.parametrize("error, status", [
+    (MetadataRefusedError("TUF metadata refused: expired (freeze attack or a stale mirror)"), REFUSED),
+    (TransportError("TUF metadata could not be fetched: connection refused"), FAILED),
+])
+def test_refused_refresh_is_one_outcome_and_nothing_else_runs(settings: SyncSettings, device: DeviceConfig,
+                                                              error: Exception, status: str) -> None:
+    steps = Steps()
+    outcomes = run(settings, device, FakeTuf([target("tiny", "2")], refresh_error=error), steps)
+    assert [(o.target, o.status, o.reason) for o in outcomes] == [(METADATA, status, str(error))]
+    assert steps.calls == []
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+SYNC_BLOCK = """
+sync:
+  metadata_url: https://fleet.example.com/tuf/metadata/
+  targets_url: https://cdn.example.com/tuf/targets/
+  metadata_dir: tuf
+  trusted_root: root.json
+  staging_dir: staging
+  repository: models
+  trusted_keys: [signing.pub]
+  device_config: device.yaml
+"""
+
+
+def test_settings_load_from_the_sync_block(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("server_url: https://fleet.example.com\n" + SYNC_BLOCK)
+    settings = load_sync_settings(path)
+    assert settings.resolve(settings.repository) == tmp_path / "models"
+    assert (settings.keep_versions, settings.trusted_keys, runtime_headers(settings)) == (3, ("signing.pub",), {})
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("  targets_url: http://cdn.example.com/\n", "plain http"),
+    ("  keep_versions: 1\n", "keep_versions"),
+    ("  restricted_header: admin-key\n", "go together"),
+    ("  colour: blue\n", "unknown key 'sync.colour'"),
+    ("  poll_s: 0\n", "poll_s"),
+])
+def test_settings_refused_in_one_line(tmp_path: Path, extra: str, words: str) -> None:
+    path = tmp_path / "agent.yaml"
+    block = SYNC_BLOCK if "targets_url" not in extra else SYNC_BLOCK.replace(
+        "  targets_url: https://cdn.example.com/tuf/targets/\n", "")
+    path.write_text(block + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_sync_settings(path)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_no_sync_block(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("server_url: https://fleet.example.com\n")
+    with pytest.raises(ConfigError, match="no 'sync' block"):
+        load_sync_settings(path)
+
+
+def test_restricted_header_read_from_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    (tmp_path / "admin-key").write_text("s3cret\n")
+    path.write_text(SYNC_BLOCK + "  restricted_header: admin-key\n  restricted_value_file: admin-key\n")
+    assert runtime_headers(load_sync_settings(path)) == {"admin-key": "s3cret"}
