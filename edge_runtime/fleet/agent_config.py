@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Union
 
 from edge_runtime.config.schema import NOT_A_KEY, build_dataclass, read_yaml_mapping, require_mapping
 from edge_runtime.errors import ConfigError
+from edge_runtime.fleet.sync_config import SyncSettings, sync_settings_from_mapping
 from edge_runtime.fleet.transport import check_server_url
 
 
@@ -31,6 +32,7 @@ class AgentSettings:
     backoff_max_s: float = 300.0
     poll_s: float = 10.0  # how often an empty spool is looked at again
     request_timeout_s: float = 30.0
+    sync: Optional[SyncSettings] = field(default=None, metadata=NOT_A_KEY)  # the `sync:` block (fleet sync)
     source: str = field(default="", metadata=NOT_A_KEY)
 
     def resolve(self, path: str) -> Path:
@@ -47,8 +49,11 @@ def load_agent_settings(path: Union[str, os.PathLike[str]]) -> AgentSettings:
 
 def agent_settings_from_mapping(data: Mapping[str, Any], source: str) -> AgentSettings:
     """Validate an already parsed mapping; ``source`` names it in messages and anchors relative paths."""
-    settings = build_dataclass(AgentSettings, require_mapping(data, source), source)
-    settings = dataclasses.replace(settings, source=source)
+    data = dict(require_mapping(data, source))
+    block = data.pop("sync", None)  # validated by its own rules (sync_config.py)
+    settings = build_dataclass(AgentSettings, data, source)
+    sync = None if block is None else sync_settings_from_mapping(require_mapping(block, f"{source}: sync"), source)
+    settings = dataclasses.replace(settings, source=source, sync=sync)
     check_server_url(settings.server_url, f"{source}: server_url")
     if not settings.device_id or len(settings.device_id) > 128 or not settings.device_id.isprintable():
         raise ConfigError(f"{source}: device_id: expected 1..128 printable characters, got {settings.device_id!r}")

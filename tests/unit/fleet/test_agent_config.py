@@ -102,3 +102,16 @@ def test_run_loop_waits_as_told_and_stops_on_the_event() -> None:
 
     run_loop(Steps(), stop, wait=waits.append)  # type: ignore[arg-type]
     assert waits == [10.0] and outcomes == []
+
+
+def test_a_sync_block_is_validated_by_its_own_rules(tmp_path: Path) -> None:
+    base = {"server_url": "http://127.0.0.1:8080", "device_id": "d", "token_file": "t", "ca_bundle": None,
+            "spool_path": "s.sqlite"}
+    assert agent_settings_from_mapping(base, str(tmp_path / "agent.yaml")).sync is None
+    sync = {"metadata_url": "http://127.0.0.1:9/m/", "targets_url": "http://127.0.0.1:9/t/", "metadata_dir": "tuf",
+            "trusted_root": "root.json", "staging_dir": "dl", "repository": "models", "trusted_keys": ["k.pub"],
+            "device_config": "device.yaml"}
+    settings = agent_settings_from_mapping({**base, "sync": sync}, str(tmp_path / "agent.yaml"))
+    assert settings.sync is not None and settings.sync.resolve(settings.sync.repository) == tmp_path / "models"
+    with pytest.raises(ConfigError, match=r"plain http is allowed only to 127\.0\.0\.1"):
+        agent_settings_from_mapping({**base, "sync": {**sync, "targets_url": "http://10.0.0.9/t/"}}, "agent.yaml")
