@@ -11,6 +11,12 @@ one line: the bundle or its metadata is wrong; the same bytes would be refused a
 An error in one target never stops the others, and nothing here writes the active-version pointer:
 only a passing gate does, so the active version serves whatever happens.
 
+A target whose verified bytes were refused at install, or which failed its gate, is remembered by
+name and sha256 (:mod:`edge_runtime.fleet.refused_targets`, in the staging directory): later passes
+skip it with one log line instead of fetching and gating it again. Failures while downloading and
+``failed`` outcomes are not remembered (retried next pass); a re-published target (another sha256)
+is tried.
+
 Every step is a parameter (the seams the tests fill with fakes); :mod:`edge_runtime.fleet.sync_pass`
 builds the real ones from :class:`~edge_runtime.fleet.sync_config.SyncSettings`.
 """
@@ -27,6 +33,7 @@ from edge_runtime.config import DeviceConfig, load_device_config
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.fleet.errors import SyncError
 from edge_runtime.fleet.install import InstalledVersion, active_floor
+from edge_runtime.fleet.refused_targets import RECORD_NAME, RefusedTarget, RefusedTargets
 from edge_runtime.fleet.sync_config import SyncSettings
 from edge_runtime.fleet.tuf_client import TufTarget
 from edge_runtime.serving.active_version import is_version_name, version_key
@@ -94,8 +101,10 @@ class _Wanted:
 
 def sync_once(settings: SyncSettings, tuf_client: TargetSource, download_fn: DownloadFn, install_fn: InstallFn,
               gate_fn: GateFn, now: Callable[[], float] = time.time,
-              device: Optional[DeviceConfig] = None) -> List[SyncOutcome]:
-    """One pass: refresh, then each newer target for this device through download, install and gate."""
+              device: Optional[DeviceConfig] = None, memory: Optional[RefusedTargets] = None) -> List[SyncOutcome]:
+    """One pass: refresh, then each newer target for this device, not refused before, through every step."""
+    staging = settings.resolve(settings.staging_dir)
+    refused_before = memory if memory is not None else RefusedTargets(staging / RECORD_NAME)
     used = device if device is not None else load_device_config(settings.resolve(settings.device_config))
     outcomes: List[SyncOutcome] = []
     try:
@@ -105,19 +114,22 @@ def sync_once(settings: SyncSettings, tuf_client: TargetSource, download_fn: Dow
         outcomes.append(_failure(METADATA, "", "", exc, now))
         names = []
     repository = settings.resolve(settings.repository)
-    wanted, refused = _select(tuf_client, names, used, repository, now)
+    wanted, refused = _select(tuf_client, names, used, repository, now, refused_before)
     outcomes.extend(refused)
-    staging = settings.resolve(settings.staging_dir)
     for item in wanted:
-        outcomes.append(_take(item, staging, download_fn, install_fn, gate_fn, now))
+        outcome, lasting = _take(item, staging, download_fn, install_fn, gate_fn, now)
+        if lasting and outcome.status in (REFUSED, GATE_FAILED):
+            refused_before.add(RefusedTarget(item.target.name, item.target.sha256, outcome.status, outcome.reason,
+                                             outcome.at))
+        outcomes.append(outcome)
     for outcome in outcomes:
         (log.info if outcome.status == PROMOTED else log.warning)("sync: %s", outcome.line())
     return outcomes
 
 
 def _select(tuf_client: TargetSource, names: List[str], device: DeviceConfig, repository: Path,
-            now: Callable[[], float]) -> Tuple[List[_Wanted], List[SyncOutcome]]:
-    """The highest version per model above its active one, among the targets for this device class."""
+            now: Callable[[], float], refused_before: RefusedTargets) -> Tuple[List[_Wanted], List[SyncOutcome]]:
+    """The highest version per model above its active one, among the targets for this device class not refused."""
     best: Dict[str, _Wanted] = {}
     refused: List[SyncOutcome] = []
     for name in sorted(names):
@@ -141,6 +153,10 @@ def _select(tuf_client: TargetSource, names: List[str], device: DeviceConfig, re
         if floor is not None and version_key(version) <= version_key(floor):
             log.debug("sync: %s: %s %s is not above the active version %s: skipped", name, model, version, floor)
             continue
+        before = refused_before.find(name, target.sha256)
+        if before is not None:
+            log.info("sync: %s: skipped: refused before: %s", name, before.reason)
+            continue
         if model not in best or version_key(version) > version_key(best[model].version):
             best[model] = _Wanted(model, version, target)
     return [best[model] for model in sorted(best)], refused
@@ -163,13 +179,27 @@ def _floor(model_dir: Path) -> Optional[str]:
 
 
 def _take(item: _Wanted, staging: Path, download_fn: DownloadFn, install_fn: InstallFn, gate_fn: GateFn,
-          now: Callable[[], float]) -> SyncOutcome:
-    """Download, install and gate one target; its outcome (errors included)."""
+          now: Callable[[], float]) -> Tuple[SyncOutcome, bool]:
+    """Download, install and gate one target: its outcome, and whether it says something about the bytes.
+
+    The second item is False for a download's failure (the bytes were never verified against the
+    target's sha256: the next pass may fetch good ones) and True once they were.
+    """
     name = item.target.name
     tar = staging / name
     try:
         staging.mkdir(parents=True, exist_ok=True)
         download_fn(item.target, tar)
+    except Exception as exc:  # one target's failure never stops the others
+        return _failure(name, item.model, item.version, exc, now), False
+    return _install_and_gate(item, tar, install_fn, gate_fn, now), True
+
+
+def _install_and_gate(item: _Wanted, tar: Path, install_fn: InstallFn, gate_fn: GateFn,
+                      now: Callable[[], float]) -> SyncOutcome:
+    """Install the verified tar and gate the version; its outcome (errors included)."""
+    name = item.target.name
+    try:
         try:
             installed = install_fn(tar, item.model)
         finally:

@@ -23,7 +23,7 @@ from edge_runtime.fleet.install import InstalledVersion, install_bundle
 from edge_runtime.fleet.sync import DownloadFn, GateFn, InstallFn, SyncOutcome, sync_once
 from edge_runtime.fleet.sync_config import SyncSettings, runtime_headers
 from edge_runtime.fleet.transport import tls_context
-from edge_runtime.fleet.tuf_client import TufClient, TufTarget
+from edge_runtime.fleet.tuf_client import TlsFetcher, TufClient, TufTarget
 
 # (settings, device) -> the gate; replaced by tests that run the real CLI with a fake gate.
 GateFactory = Callable[[SyncSettings, DeviceConfig], GateFn]
@@ -57,10 +57,20 @@ def seed_metadata(settings: SyncSettings) -> Path:
     return metadata_dir
 
 
+def _ca_bundle(settings: SyncSettings) -> Optional[str]:
+    """The CA bundle's path, resolved against the settings file; None: the system's CAs."""
+    return str(settings.resolve(settings.ca_bundle)) if settings.ca_bundle else None
+
+
+def build_tuf_client(settings: SyncSettings) -> ListingTufClient:
+    """The TUF client over the device's trusted metadata, fetching over the CA bundle's TLS (or loopback http)."""
+    fetcher = TlsFetcher(tls_context(_ca_bundle(settings)), settings.request_timeout_s)
+    return ListingTufClient(seed_metadata(settings), settings.metadata_url, settings.targets_url, fetcher=fetcher)
+
+
 def build_download(settings: SyncSettings) -> DownloadFn:
     """Resumable download over HTTPS (the CA bundle's CAs) or loopback HTTP, keeping the reserve free."""
-    ca_bundle = str(settings.resolve(settings.ca_bundle)) if settings.ca_bundle else None
-    opener = HttpOpener(tls_context(ca_bundle), settings.request_timeout_s)
+    opener = HttpOpener(tls_context(_ca_bundle(settings)), settings.request_timeout_s)
 
     def fetch(target: TufTarget, dest: Path) -> Path:
         return download(target.url, dest, target.length, target.sha256, opener=opener,
@@ -108,7 +118,7 @@ def run_once(settings: SyncSettings, gate_factory: Optional[GateFactory] = None,
              now: Callable[[], float] = time.time) -> List[SyncOutcome]:
     """One sync pass with the real TUF client, downloader and installer; the gate from ``gate_factory``."""
     device = load_device_config(settings.resolve(settings.device_config))
-    client = ListingTufClient(seed_metadata(settings), settings.metadata_url, settings.targets_url)
+    client = build_tuf_client(settings)
     gate = (gate_factory or health_gate)(settings, device)
     try:
         return sync_once(settings, client, build_download(settings), build_install(settings, device), gate,

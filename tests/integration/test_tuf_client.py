@@ -8,27 +8,32 @@ and leave the device's trusted metadata byte-identical.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import http.server
+import ipaddress
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 
 pytest.importorskip("tuf.ngclient")
 
 from edge_runtime.fleet.errors import MetadataRefusedError, SyncError, TransportError, UnknownTargetError
-from edge_runtime.fleet.tuf_client import TufClient
+from edge_runtime.fleet.transport import tls_context
+from edge_runtime.fleet.tuf_client import TlsFetcher, TufClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = Path(__file__).with_name("tuf_repo_tool.py")
+NOW = datetime.datetime.now(datetime.timezone.utc)
 CUSTOM = {"model": "tiny", "version": "2", "device_class": "xavier-nx", "fingerprint": {"gpu": "sm_72"}}
 
 
@@ -192,6 +197,149 @@ def test_oversize_timestamp(repo: Repo, served: str) -> None:
     _seen_by_device(repo, served)
     repo.metadata("timestamp.json").write_bytes(b" " * (1 << 20))
     _refused(repo, served, "larger than")
+
+
+# --- over HTTPS, trusting the CA bundle the settings name -------------------------------------------
+
+def _ca(name: str) -> Tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(days=1))
+            .not_valid_after(NOW + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """PEM files: the server's certificate and key, the CA that signed it, and a CA that did not."""
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key, ca = _ca("fleet test CA")
+    _, other = _ca("some other CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tuf test server")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(days=1)).not_valid_after(NOW + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("pki")
+    files = {"cert": cert, "ca": ca, "other_ca": other}
+    paths = {name: folder / f"{name}.pem" for name in (*files, "key")}
+    for name, value in files.items():
+        paths[name].write_bytes(value.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths
+
+
+@pytest.fixture()
+def served_tls(repo: Repo, pki: Dict[str, Path]) -> Iterator[str]:
+    """The repository over HTTPS on 127.0.0.1 with the test CA's certificate; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(repo.dir))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki["cert"]), str(pki["key"]))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def _sync_client(repo: Repo, url: str, ca_bundle: Path) -> TufClient:
+    """The client a sync pass builds (sync_pass.build_tuf_client) from settings naming ``ca_bundle``."""
+    from edge_runtime.fleet.sync_config import SyncSettings
+    from edge_runtime.fleet.sync_pass import build_tuf_client
+
+    settings = SyncSettings(metadata_url=f"{url}/metadata/", targets_url=f"{url}/targets/",
+                            metadata_dir=str(repo.device), trusted_root=str(repo.device / "root.json"),
+                            staging_dir="staging", repository="models", trusted_keys=("signing.pub",),
+                            device_config="device.yaml", ca_bundle=str(ca_bundle), request_timeout_s=10.0,
+                            source=str(repo.device.parent / "agent.yaml"))
+    return build_tuf_client(settings)
+
+
+def test_refresh_over_https_trusts_the_ca_bundle(repo: Repo, served_tls: str, pki: Dict[str, Path],
+                                                 bundle_tar: Path) -> None:
+    repo.publish(bundle_tar)
+    client = _sync_client(repo, served_tls, pki["ca"])
+    client.refresh()
+    target = client.target("tiny-2.tar")
+    client.close()
+    assert target.sha256 == hashlib.sha256(bundle_tar.read_bytes()).hexdigest()
+    assert target.url.startswith(f"{served_tls}/targets/")
+    assert json.loads((repo.device / "timestamp.json").read_bytes())["signed"]["version"] == 2
+
+
+def test_a_ca_bundle_that_did_not_sign_the_server_is_a_transport_error(repo: Repo, served_tls: str,
+                                                                       pki: Dict[str, Path]) -> None:
+    before = repo.trusted()
+    client = _sync_client(repo, served_tls, pki["other_ca"])
+    with pytest.raises(TransportError) as caught:  # retried later: the metadata is not condemned
+        client.refresh()
+    client.close()
+    assert not isinstance(caught.value, MetadataRefusedError)
+    assert "certificate did not verify" in str(caught.value) and "\n" not in str(caught.value)
+    assert repo.trusted() == before
+
+
+def test_plain_http_to_a_remote_host_is_never_fetched(repo: Repo) -> None:
+    client = TufClient(repo.device, "http://fleet.example.com/metadata/", "http://fleet.example.com/targets/",
+                       fetcher=TlsFetcher(tls_context(None), timeout_s=1.0))
+    with pytest.raises(TransportError, match="plain http is allowed only to 127"):
+        client.refresh()
+    client.close()
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a body that announces no length and does not end (until the client leaves)."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(4096):
+                self.wfile.write(b" " * 4096)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output clean."""
+
+
+def test_a_body_without_a_length_is_cut_at_the_cap(repo: Repo) -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _refused(repo, f"http://127.0.0.1:{httpd.server_address[1]}", "larger than")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
 
 
 def test_unreachable_server_is_a_transport_error(repo: Repo) -> None:

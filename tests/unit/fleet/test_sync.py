@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -14,10 +15,12 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.fleet.errors import (
     BundleRefusedError,
     DownloadIntegrityError,
+    DownloadSpaceError,
     MetadataRefusedError,
     TransportError,
 )
 from edge_runtime.fleet.install import InstalledVersion
+from edge_runtime.fleet.refused_targets import RECORD_NAME, RefusedTargets
 from edge_runtime.fleet.sync import FAILED, GATE_FAILED, METADATA, PROMOTED, REFUSED, SyncOutcome, sync_once
 from edge_runtime.fleet.sync_config import SyncSettings, load_sync_settings, runtime_headers
 from edge_runtime.fleet.tuf_client import TufTarget
@@ -56,18 +59,21 @@ class FakeTuf:
         return self.targets[name]
 
 
-def target(model: str, version: str, device_class: str = CLASS, name: Optional[str] = None) -> TufTarget:
+def target(model: str, version: str, device_class: str = CLASS, name: Optional[str] = None,
+           sha256: str = "0" * 64) -> TufTarget:
     name = name or f"{model}-{version}.tar"
     custom: Dict[str, Any] = {"model": model, "version": version, "device_class": device_class}
-    return TufTarget(name, 100, "0" * 64, custom, f"http://127.0.0.1:1/targets/{name}")
+    return TufTarget(name, 100, sha256, custom, f"http://127.0.0.1:1/targets/{name}")
 
 
 class Steps:
     """Fake download, install and gate, recording each call in one list; failures chosen per model."""
 
     def __init__(self, fail_download: Tuple[str, ...] = (), fail_install: Tuple[str, ...] = (),
-                 fail_gate: Tuple[str, ...] = (), crash_gate: Tuple[str, ...] = ()) -> None:
+                 fail_gate: Tuple[str, ...] = (), crash_gate: Tuple[str, ...] = (),
+                 download_error: Optional[Exception] = None) -> None:
         self.calls: List[Tuple[str, str]] = []
+        self.download_error = download_error
         self.fail_download, self.fail_install = fail_download, fail_install
         self.fail_gate, self.crash_gate = fail_gate, crash_gate
 
@@ -75,6 +81,8 @@ class Steps:
         self.calls.append(("download", tuf_target.name))
         assert dest.parent.is_dir() and dest.name == tuf_target.name
         if tuf_target.custom["model"] in self.fail_download:
+            if self.download_error is not None:
+                raise self.download_error
             raise DownloadIntegrityError(f"{tuf_target.url}: the file differs from its target: sha256 mismatch")
         dest.write_bytes(b"tar")
         return dest
@@ -210,6 +218,64 @@ def test_refused_refresh_is_one_outcome_and_nothing_else_runs(settings: SyncSett
     outcomes = run(settings, device, FakeTuf([target("tiny", "2")], refresh_error=error), steps)
     assert [(o.target, o.status, o.reason) for o in outcomes] == [(METADATA, status, str(error))]
     assert steps.calls == []
+
+
+# --- targets refused before are not taken again ----------------------------------------------------
+
+def _record(settings: SyncSettings) -> List[Tuple[str, str, str]]:
+    return [(e.name, e.sha256, e.outcome) for e in RefusedTargets(settings.resolve("staging") / RECORD_NAME).entries()]
+
+
+@pytest.mark.parametrize("failing, status", [("gate", GATE_FAILED), ("install", REFUSED)])
+def test_a_target_refused_once_is_skipped_by_later_passes(settings: SyncSettings, device: DeviceConfig,
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          failing: str, status: str) -> None:
+    tuf = FakeTuf([target("tiny", "3", sha256="3" * 64)])
+    first = Steps(fail_gate=("tiny",) if failing == "gate" else (), fail_install=("tiny",) if failing == "install"
+                  else ())
+    assert [o.status for o in run(settings, device, tuf, first)] == [status]
+    assert _record(settings) == [("tiny-3.tar", "3" * 64, status)]
+    again = Steps()
+    caplog.set_level(logging.INFO, logger="edge_runtime.fleet.sync")
+    assert run(settings, device, tuf, again) == []
+    assert again.calls == []  # neither downloaded nor gated again
+    skipped = [r.getMessage() for r in caplog.records if "refused before" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].startswith("sync: tiny-3.tar: skipped: refused before: ")
+
+
+@pytest.mark.parametrize("error", [
+    TransportError("http://127.0.0.1:1/targets/tiny-3.tar: cut after 10 of 100 bytes (kept to resume)"),
+    DownloadSpaceError("not enough space in staging: need 100 bytes"),
+    DownloadIntegrityError("http://127.0.0.1:1/targets/tiny-3.tar: the file differs from its target"),
+])
+def test_a_failed_download_is_not_remembered(settings: SyncSettings, device: DeviceConfig, error: Exception) -> None:
+    tuf = FakeTuf([target("tiny", "3")])
+    run(settings, device, tuf, Steps(fail_download=("tiny",), download_error=error))
+    assert _record(settings) == []
+    steps = Steps()
+    assert [o.status for o in run(settings, device, tuf, steps)] == [PROMOTED]  # tried again
+    assert steps.calls[0] == ("download", "tiny-3.tar")
+
+
+def test_a_crash_after_the_download_is_not_remembered(settings: SyncSettings, device: DeviceConfig) -> None:
+    tuf = FakeTuf([target("tiny", "3")])
+    assert [o.status for o in run(settings, device, tuf, Steps(crash_gate=("tiny",)))] == [FAILED]
+    assert _record(settings) == []
+    assert [o.status for o in run(settings, device, tuf, Steps())] == [PROMOTED]
+
+
+def test_a_republished_target_with_another_sha256_is_tried(settings: SyncSettings, device: DeviceConfig) -> None:
+    run(settings, device, FakeTuf([target("tiny", "3", sha256="a" * 64)]), Steps(fail_gate=("tiny",)))
+    steps = Steps()
+    outcomes = run(settings, device, FakeTuf([target("tiny", "3", sha256="b" * 64)]), steps)
+    assert [o.status for o in outcomes] == [PROMOTED] and steps.calls[0] == ("download", "tiny-3.tar")
+
+
+def test_the_newest_version_not_refused_before_is_taken(settings: SyncSettings, device: DeviceConfig) -> None:
+    tuf = FakeTuf([target("tiny", "2"), target("tiny", "3")])
+    run(settings, device, tuf, Steps(fail_gate=("tiny",)))
+    steps = Steps()
+    assert [(o.version, o.status) for o in run(settings, device, tuf, steps)] == [("2", PROMOTED)]
 
 
 # --- settings ------------------------------------------------------------------------------------
