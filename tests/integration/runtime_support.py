@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import signal
@@ -16,10 +17,11 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -180,3 +182,14 @@ def run_as(uid: int, gid: int) -> Callable[[], None]:
         os.setuid(uid)
 
     return drop
+
+
+def call_json(server: RunningServer, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
+    """One JSON request to the server: (status, parsed JSON body), error statuses included."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{server.url}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            return reply.status, json.loads(reply.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Tuple
 
 import numpy as np
 import pytest
-from runtime_support import RunningServer, affine, start_server
+from runtime_support import RunningServer, affine, call_json, start_server
 
 from edge_runtime.backends.tensorrt import api
 
@@ -26,16 +24,6 @@ pytestmark = pytest.mark.skipif(api.unavailable_reason() is None,
                                 reason="TensorRT and pycuda are installed here: nothing falls back")
 
 TRT_MISSING = "the Python module 'tensorrt' is not installed"
-
-
-def call(server: RunningServer, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{server.url}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=20) as reply:
-            return reply.status, json.loads(reply.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def xavier_runtime_config(tmp_path: Path, device_configs_dir: Path, public_key: Path, allow_fallback: bool) -> Path:
@@ -78,18 +66,18 @@ def test_fallback_is_served_by_onnxruntime_and_said_everywhere(serving: Tuple[Ru
     assert TRT_MISSING in said[0] and "allow_fallback: true" in said[0]
 
     for path in ("/v2/models/tiny", "/v2/models/tiny/versions/1"):
-        status, metadata = call(server, "GET", path)
+        status, metadata = call_json(server, "GET", path)
         assert status == 200
         assert metadata["platform"] == "onnxruntime_onnx" and metadata["backend"] == "onnxruntime"
         assert "device config 'agx-xavier'" in metadata["backend_note"]
         assert TRT_MISSING in metadata["backend_note"] and "allow_fallback: true" in metadata["backend_note"]
         assert str(tmp_path) not in json.dumps(metadata)
-    status, config = call(server, "GET", "/v2/models/tiny/config")
+    status, config = call_json(server, "GET", "/v2/models/tiny/config")
     assert status == 200 and config["backend"] == "onnxruntime"
     assert config["parameters"]["backend_note"]["string_value"] == metadata["backend_note"]
 
     x = [[1.0, 2.0, 3.0, 4.0]]
-    status, result = call(server, "POST", "/v2/models/tiny/infer",
+    status, result = call_json(server, "POST", "/v2/models/tiny/infer",
                           {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x[0]}]})
     assert status == 200
     np.testing.assert_allclose(result["outputs"][0]["data"], affine(np.array(x, dtype=np.float32))[0], rtol=1e-6)
@@ -115,14 +103,14 @@ def test_tritonclient_parses_the_fallback_metadata(serving: Tuple[RunningServer,
 def test_without_fallback_the_model_is_not_served_and_the_server_says_why(
         serving: Tuple[RunningServer, Path], tmp_path: Path) -> None:
     server, runtime = serving
-    assert call(server, "GET", "/v2/health/live")[0] == 200
-    assert call(server, "GET", "/v2/health/ready")[0] == 503
-    status, answer = call(server, "POST", "/v2/models/tiny/infer",
+    assert call_json(server, "GET", "/v2/health/live")[0] == 200
+    assert call_json(server, "GET", "/v2/health/ready")[0] == 503
+    status, answer = call_json(server, "POST", "/v2/models/tiny/infer",
                           {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
     assert status == 503 and set(answer) == {"error"}
-    assert call(server, "GET", "/v2/models/tiny")[0] == 503
+    assert call_json(server, "GET", "/v2/models/tiny")[0] == 503
 
-    status, index = call(server, "POST", "/v2/repository/index", {})
+    status, index = call_json(server, "POST", "/v2/repository/index", {})
     assert status == 200
     reason = next(entry["reason"] for entry in index if entry["name"] == "tiny" and entry["version"] == "1")
     assert TRT_MISSING in reason and "set tensorrt.allow_fallback: true in agx-xavier.yaml" in reason

@@ -8,32 +8,20 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
 import pytest
-from runtime_support import RunningServer, run_as, start_server, traversable_by_others, write_tiny_bundle
+from runtime_support import RunningServer, call_json, run_as, start_server, traversable_by_others, write_tiny_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 
 
-def call(server: RunningServer, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{server.url}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=20) as reply:
-            return reply.status, json.loads(reply.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
 def infer(server: RunningServer) -> Tuple[int, Any]:
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
-    return call(server, "POST", "/v2/models/tiny/infer", body)
+    return call_json(server, "POST", "/v2/models/tiny/infer", body)
 
 
 @pytest.fixture()
@@ -63,7 +51,7 @@ def test_sigkill_after_a_failed_reload_restarts_on_the_good_version(
         keypair: Tuple[Path, Path]) -> None:
     first = serve(servers, repository, runtime_config, tmp_path / "first.log")
     half_copied(repository, keypair[0], "2")
-    status, body = call(first, "POST", "/v2/repository/models/tiny/load", {})
+    status, body = call_json(first, "POST", "/v2/repository/models/tiny/load", {})
     assert status == 422 and "failed to load 'tiny'" in body["error"], body
     assert str(repository) not in body["error"]
     first.process.kill()
@@ -71,7 +59,7 @@ def test_sigkill_after_a_failed_reload_restarts_on_the_good_version(
     second = serve(servers, repository, runtime_config, tmp_path / "second.log")  # waits for ready: 200
     status, body = infer(second)
     assert status == 200 and body["model_version"] == "1", body
-    status, index = call(second, "POST", "/v2/repository/index", {})
+    status, index = call_json(second, "POST", "/v2/repository/index", {})
     reasons = {e["version"]: e["reason"] for e in index}
     assert "model.onnx: size is" in reasons["2"] and str(repository) not in json.dumps(index)
 
@@ -80,8 +68,8 @@ def test_version_directory_with_a_non_ascii_digit_name_is_ignored(
         servers: List[RunningServer], repository: Path, runtime_config: Path, tmp_path: Path) -> None:
     (repository / "tiny" / "\u00b2").mkdir()  # '²'.isdigit() is True, int('²') raises
     server = serve(servers, repository, runtime_config, tmp_path / "server.log")
-    assert call(server, "POST", "/v2/repository/index", {})[0] == 200
-    assert call(server, "POST", "/v2/repository/models/tiny/load", {})[0] == 200
+    assert call_json(server, "POST", "/v2/repository/index", {})[0] == 200
+    assert call_json(server, "POST", "/v2/repository/models/tiny/load", {})[0] == 200
     assert infer(server)[0] == 200
 
 
@@ -94,9 +82,9 @@ def test_fifo_in_a_bundle_hangs_neither_start_nor_reload_nor_check(
     os.mkfifo(repository / "tiny" / "2" / name)
     server = serve(servers, repository, runtime_config, tmp_path / "server.log")  # v2 fails, v1 serves
     assert infer(server)[1]["model_version"] == "1"
-    status, body = call(server, "POST", "/v2/repository/models/tiny/load", {"parameters": {"version": "2"}})
+    status, body = call_json(server, "POST", "/v2/repository/models/tiny/load", {"parameters": {"version": "2"}})
     assert status == 422 and f"{name}: not a regular file (a FIFO)" in body["error"], body
-    assert call(server, "POST", "/v2/repository/models/tiny/load", {})[0] == 422  # the load lock was released
+    assert call_json(server, "POST", "/v2/repository/models/tiny/load", {})[0] == 422  # the load lock was released
     check = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "check", str(repository / "tiny" / "2"),
                             "--key", str(keypair[1])], capture_output=True, text=True, timeout=60)
     assert check.returncode == 1 and "not a regular file (a FIFO)" in check.stderr
@@ -116,10 +104,10 @@ def test_unreadable_model_directory_stays_with_its_model(
                                   preexec_fn=run_as(64000, 64000) if as_root else None)
             try:
                 assert infer(server)[0] == 200
-                index = call(server, "POST", "/v2/repository/index", {})[1]
+                index = call_json(server, "POST", "/v2/repository/index", {})[1]
                 locked = next(e for e in index if e["name"] == "locked")
                 assert locked["state"] == "UNAVAILABLE" and "cannot be listed" in locked["reason"]
-                assert call(server, "GET", "/v2/health/ready")[0] == 503  # strict readiness: a model failed
+                assert call_json(server, "GET", "/v2/health/ready")[0] == 503  # strict readiness: a model failed
             finally:
                 server.stop()
     finally:

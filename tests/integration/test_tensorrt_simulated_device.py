@@ -10,32 +10,20 @@ with ONNX Runtime on the bytes at the tensor addresses, so answers are real numb
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Tuple
 
 import numpy as np
 import pytest
-from runtime_support import RunningServer, affine, start_server
+from runtime_support import RunningServer, affine, call_json, start_server
 
 SITE = Path(__file__).resolve().parents[1] / "trt_fakes" / "site"
 ENV = {"PYTHONPATH": str(SITE)}
 
 
-def _call(server: RunningServer, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{server.url}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=20) as reply:
-            return reply.status, json.loads(reply.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
 def _infer(server: RunningServer, x: np.ndarray) -> Tuple[int, Any]:
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    return _call(server, "POST", "/v2/models/tiny/infer", body)
+    return call_json(server, "POST", "/v2/models/tiny/infer", body)
 
 
 @pytest.fixture()
@@ -62,9 +50,9 @@ def test_built_on_first_load_served_over_http_then_taken_from_the_cache(
         assert status == 200, reply
         got = np.array(reply["outputs"][0]["data"], np.float32).reshape(3, 3)
         np.testing.assert_allclose(got, affine(x), rtol=1e-5, atol=1e-5)
-        status, metadata = _call(server, "GET", "/v2/models/tiny")
+        status, metadata = call_json(server, "GET", "/v2/models/tiny")
         assert status == 200 and metadata["backend"] == "tensorrt" and "backend_note" not in metadata
-        status, config = _call(server, "GET", "/v2/models/tiny/config")
+        status, config = call_json(server, "GET", "/v2/models/tiny/config")
         assert config["instance_group"][0]["kind"] == "KIND_GPU"
         assert config["parameters"]["artifact"]["string_value"].startswith("engine cache: tiny v1 agx-xavier fp16")
         # a request the engine's profile cannot take: one clear 400, the model keeps serving
@@ -113,7 +101,7 @@ def test_an_engine_over_the_memory_budget_is_refused_and_the_server_stays_live(
     server = start_server(["--repository", str(repository), "--config", str(xavier_runtime)],
                           tmp_path / "server.log", env=ENV, timeout=120, wait_for="live")
     try:
-        status, index = _call(server, "POST", "/v2/repository/index")
+        status, index = call_json(server, "POST", "/v2/repository/index")
         assert status == 200 and index[0]["state"] == "UNAVAILABLE"
         assert "reported by its TensorRT engine" in index[0]["reason"]
         assert "memory_budget_mb 1" in index[0]["reason"]
@@ -139,7 +127,7 @@ def test_two_instances_build_the_engine_once(repository: Path, xavier_runtime: P
     xavier_runtime.write_text(xavier_runtime.read_text() + "instances: 2\n")
     server = _serve(repository, xavier_runtime, tmp_path / "server.log")
     try:
-        status, config = _call(server, "GET", "/v2/models/tiny/config")
+        status, config = call_json(server, "GET", "/v2/models/tiny/config")
         assert status == 200 and config["instance_group"][0]["count"] == 2
         x = np.ones((2, 4), np.float32)
         assert all(_infer(server, x)[0] == 200 for _ in range(4))
@@ -168,7 +156,7 @@ def test_a_signed_but_unusable_engine_fails_the_model_not_the_server(
     server = start_server(["--repository", str(tmp_path / "repo"), "--config", str(xavier_runtime)],
                           tmp_path / "server.log", env=ENV, timeout=120, wait_for="live")
     try:
-        status, index = _call(server, "POST", "/v2/repository/index")
+        status, index = call_json(server, "POST", "/v2/repository/index")
         assert status == 200 and index[0]["state"] == "UNAVAILABLE"
         assert "TensorRT cannot deserialize engines/agx-xavier.plan" in index[0]["reason"]
         assert str(tmp_path) not in json.dumps(index)
