@@ -98,18 +98,20 @@ def _install(tar_path: Path, model_dir: Path, model_name: str, trusted_keys: Seq
         manifest = _verified(staging, trusted_keys)
         check_target(manifest, model_name, device, host)
         dest = model_dir / manifest.version
-        if _check_version(model_dir, staging, manifest, trusted_keys):
-            return InstalledVersion(model_name, manifest.version, dest, manifest, True, ())
-        try:
-            publish_dir(staging, dest, overwrite=False)
-        except OutputError as exc:
-            raise RepositoryWriteError(f"cannot publish version {manifest.version}: {exc}") from exc
+        already = _check_version(model_dir, staging, manifest, trusted_keys)
+        if not already:
+            try:
+                publish_dir(staging, dest, overwrite=False)
+            except OutputError as exc:
+                raise RepositoryWriteError(f"cannot publish version {manifest.version}: {exc}") from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("model %s: version %s installed in %s", model_name, manifest.version, dest)
+    if not already:
+        log.info("model %s: version %s installed in %s", model_name, manifest.version, dest)
+    # Also when it was already there: an install killed after its rename never got to retention.
     removed = apply_retention(model_dir, keep_versions, installed=manifest.version)
-    return InstalledVersion(model_name, manifest.version, dest, manifest, False, tuple(removed))
+    return InstalledVersion(model_name, manifest.version, dest, manifest, already, tuple(removed))
 
 
 def _check_model_name(name: str) -> None:

@@ -350,6 +350,15 @@ def test_retention_removes_the_oldest_but_never_active_last_good_or_new(setup: S
     assert sorted(os.listdir(setup.repo / MODEL)) == ["2", "4", "5", "active.json"]
 
 
+def test_retention_runs_when_the_version_was_already_installed(setup: Setup) -> None:
+    """An install killed after its rename but before retention: the next pass finds it there and still trims."""
+    tar = setup.tar("4")
+    assert setup.install(tar, keep_versions=5).removed == ()  # 1, 2, 3, 4 on disk: as if killed before retention
+    again = setup.install(tar, keep_versions=2)
+    assert again.already_installed and again.removed == ("3",)  # 1 (last good), 2 (active), 4 (new) protected
+    assert sorted(os.listdir(setup.repo / MODEL)) == ["1", "2", "4", "active.json"]
+
+
 def test_retention_keeps_the_highest_version_when_there_is_no_pointer(setup: Setup) -> None:
     (setup.repo / MODEL / "active.json").unlink()
     assert setup.install(setup.tar("4"), keep_versions=1).removed == ("1", "2", "3")
