@@ -84,8 +84,13 @@ def check_space(directory: Path, needed: int, reserve_bytes: int) -> None:
 
 def download(url: str, dest: Path, expected_length: int, expected_sha256: str, *,
              opener: Optional[Opener] = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-             progress: Optional[Progress] = None, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> Path:
-    """Fetch ``url`` into ``dest`` (resuming ``<dest>.partial``); ``dest`` only once length and sha256 match."""
+             progress: Optional[Progress] = None, reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+             then_bytes: int = 0) -> Path:
+    """Fetch ``url`` into ``dest`` (resuming ``<dest>.partial``); ``dest`` only once length and sha256 match.
+
+    ``then_bytes``: space the caller needs next on the same filesystem (unpacking the tar there):
+    counted in the space check, so a download that could not then be installed never starts.
+    """
     check_server_url(url, source="bundle URL")
     if expected_length < 0 or not re.fullmatch(r"[0-9a-f]{64}", expected_sha256):
         raise DownloadIntegrityError(f"{url}: the target names no usable length/sha256 "
@@ -93,7 +98,8 @@ def download(url: str, dest: Path, expected_length: int, expected_sha256: str, *
     partial = partial_path(dest)
     fetch = opener if opener is not None else HttpOpener()
     try:
-        check_space(dest.parent, expected_length - _usable_prefix(partial, expected_length), reserve_bytes)
+        check_space(dest.parent, expected_length - _usable_prefix(partial, expected_length) + then_bytes,
+                    reserve_bytes)
         sink = _fill(partial, fetch, url, expected_length, chunk_bytes, progress)
         _verify_and_publish(url, partial, dest, sink, expected_sha256)
     except DownloadIntegrityError:

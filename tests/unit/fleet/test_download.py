@@ -276,6 +276,17 @@ def test_no_space_is_refused_before_any_byte(server: FileServer, dest: Path, mon
         assert dest.read_bytes() == DATA
 
 
+def test_the_space_the_install_needs_next_is_counted_before_any_byte(
+        server: FileServer, dest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tar fits but unpacking it beside the tar would not: refused before the download starts."""
+    monkeypatch.setattr(download_module, "free_bytes", lambda directory: len(DATA) + len(DATA) // 2)
+    with pytest.raises(DownloadSpaceError, match=f"need {2 * len(DATA)} bytes"):
+        fetch(server, dest, then_bytes=len(DATA))
+    assert server.ranges == [] and not partial_path(dest).exists()
+    fetch(server, dest)  # the tar alone fits
+    assert dest.read_bytes() == DATA
+
+
 def test_a_stalled_read_times_out_and_keeps_the_partial(server: FileServer, dest: Path) -> None:
     server.mode = "stall"
     with pytest.raises(TransportError, match="kept to resume"):
