@@ -64,12 +64,14 @@ class InstalledVersion:
 def install_bundle(tar_path: Path, repository_root: Path, model_name: str,
                    trusted_keys: Sequence[Ed25519PublicKey], device: DeviceConfig, host: HostFingerprint,
                    keep_versions: int, max_members: int = DEFAULT_MAX_MEMBERS,
-                   max_bytes: int = DEFAULT_MAX_BYTES, reserve_bytes: int = 0) -> InstalledVersion:
+                   max_bytes: int = DEFAULT_MAX_BYTES, reserve_bytes: int = 0,
+                   expected_version: Optional[str] = None) -> InstalledVersion:
     """Unpack, verify, check and publish the bundle tar as ``<repository_root>/<model_name>/<version>/``.
 
     Every refusal is a :class:`SyncError` (one line, starting with the tar's name) and leaves the
     repository as it was. The pointer is untouched. ``max_members``/``max_bytes`` cap the tar;
-    ``reserve_bytes`` is the free space the unpacked files must leave on the disk.
+    ``reserve_bytes`` is the free space the unpacked files must leave on the disk;
+    ``expected_version`` (the TUF target's) must be the signed manifest's, checked before publishing.
     """
     if keep_versions < 1:
         raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
@@ -81,7 +83,7 @@ def install_bundle(tar_path: Path, repository_root: Path, model_name: str,
             raise RepositoryWriteError(f"the model repository {root} is not a directory")
         with _model_dir(root / model_name) as model_dir:
             return _install(tar_path, model_dir, model_name, trusted_keys, device, host, keep_versions,
-                            (max_members, max_bytes, reserve_bytes))
+                            (max_members, max_bytes, reserve_bytes), expected_version)
     except SyncError as exc:
         raise type(exc)(f"{label}: {exc}") from exc
     except OSError as exc:
@@ -90,13 +92,16 @@ def install_bundle(tar_path: Path, repository_root: Path, model_name: str,
 
 def _install(tar_path: Path, model_dir: Path, model_name: str, trusted_keys: Sequence[Ed25519PublicKey],
              device: DeviceConfig, host: HostFingerprint, keep_versions: int,
-             caps: Tuple[int, int, int]) -> InstalledVersion:
+             caps: Tuple[int, int, int], expected_version: Optional[str]) -> InstalledVersion:
     remove_install_leftovers(model_dir)
     staging = _staging(model_dir)
     try:
         extract_bundle_tar(tar_path, staging, *caps)
         manifest = _verified(staging, trusted_keys)
         check_target(manifest, model_name, device, host)
+        if expected_version is not None and manifest.version != expected_version:
+            raise VersionRefusedError(f"the bundle is version {manifest.version}, its TUF target says "
+                                      f"{expected_version}")
         dest = model_dir / manifest.version
         already = _check_version(model_dir, staging, manifest, trusted_keys)
         if not already:

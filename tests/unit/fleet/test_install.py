@@ -350,6 +350,14 @@ def test_retention_removes_the_oldest_but_never_active_last_good_or_new(setup: S
     assert sorted(os.listdir(setup.repo / MODEL)) == ["2", "4", "5", "active.json"]
 
 
+def test_a_version_other_than_the_targets_is_refused_before_it_is_published(setup: Setup) -> None:
+    before = snapshot(setup.repo)
+    with pytest.raises(VersionRefusedError, match="the bundle is version 4, its TUF target says 2"):
+        install_bundle(setup.tar("4"), setup.repo, MODEL, setup.public, setup.device, setup.device.fingerprint, 5,
+                       expected_version="2")
+    assert snapshot(setup.repo) == before  # no version 4 left behind to block the real one later
+
+
 def test_retention_runs_when_the_version_was_already_installed(setup: Setup) -> None:
     """An install killed after its rename but before retention: the next pass finds it there and still trims."""
     tar = setup.tar("4")
