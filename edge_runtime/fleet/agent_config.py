@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Union
 
 from edge_runtime.config.schema import NOT_A_KEY, build_dataclass, read_yaml_mapping, require_mapping
 from edge_runtime.errors import ConfigError
-from edge_runtime.fleet.sync_config import SyncSettings, sync_settings_from_mapping
+from edge_runtime.fleet.sync_config import SyncSettings, check_device_id, sync_settings_from_mapping
 from edge_runtime.fleet.transport import check_server_url
 
 
@@ -52,11 +52,11 @@ def agent_settings_from_mapping(data: Mapping[str, Any], source: str) -> AgentSe
     data = dict(require_mapping(data, source))
     block = data.pop("sync", None)  # validated by its own rules (sync_config.py)
     settings = build_dataclass(AgentSettings, data, source)
-    sync = None if block is None else sync_settings_from_mapping(require_mapping(block, f"{source}: sync"), source)
+    check_device_id(settings.device_id, f"{source}: device_id")
+    sync = None if block is None else sync_settings_from_mapping(require_mapping(block, f"{source}: sync"), source,
+                                                                  device_id=settings.device_id)
     settings = dataclasses.replace(settings, source=source, sync=sync)
     check_server_url(settings.server_url, f"{source}: server_url")
-    if not settings.device_id or len(settings.device_id) > 128 or not settings.device_id.isprintable():
-        raise ConfigError(f"{source}: device_id: expected 1..128 printable characters, got {settings.device_id!r}")
     if not 1 <= settings.batch_max_records <= 500:
         raise ConfigError(f"{source}: batch_max_records: expected 1..500, got {settings.batch_max_records}")
     for key in ("backoff_initial_s", "backoff_max_s", "poll_s", "request_timeout_s"):

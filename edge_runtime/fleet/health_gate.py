@@ -40,15 +40,26 @@ class RuntimeApiError(EdgeRuntimeError):
     http_status = 502
 
 
+class RuntimeUnreachableError(RuntimeApiError):
+    """The runtime did not answer at all (down, restarting): says nothing about the version under test."""
+
+    http_status = 503
+
+
 @dataclass(frozen=True)
 class GateResult:
-    """The gate's decision, why (one line), and what the probes measured."""
+    """The gate's decision, why (one line), and what the probes measured.
+
+    ``retry``: the gate could not start because the runtime did not answer; the version was never
+    judged, so the next pass gates it again (it is not remembered as refused).
+    """
 
     passed: bool
     reason: str
     p50_ms: Optional[float] = None
     p99_ms: Optional[float] = None
     failures: int = 0
+    retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,7 @@ class RuntimeApi:
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 if attempt == 2 or not isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError)):
-                    raise RuntimeApiError(f"{method} {path}: no answer from the runtime at "
+                    raise RuntimeUnreachableError(f"{method} {path}: no answer from the runtime at "
                                           f"{self._host}:{self._port} ({type(exc).__name__}: {exc})") from exc
         raise AssertionError("unreachable")
 
@@ -141,7 +152,7 @@ def _gate(api: RuntimeApi, model: str, version: str, settings: HealthGateSetting
         _refuse_active(api, model, version)
         api.call("POST", base + "/stage", {})
     except RuntimeApiError as exc:
-        return GateResult(False, f"{where}: not staged: {exc}")
+        return GateResult(False, f"{where}: not staged: {exc}", retry=isinstance(exc, RuntimeUnreachableError))
     try:
         inputs = list(probe_inputs) if probe_inputs else [_zeros(api, model, version)]
         stats = _probe(api, model, version, inputs, settings)

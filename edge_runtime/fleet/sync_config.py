@@ -1,7 +1,9 @@
 """The sync agent's settings: the ``sync:`` block of the agent's YAML file → a validated, frozen dataclass.
 
 Paths are relative to the agent file's own directory (as in :mod:`edge_runtime.fleet.agent_config`);
-unknown keys are errors; every problem is one line naming the file and the key.
+unknown keys are errors; every problem is one line naming the file and the key. ``device_id`` is
+not a key of the block: it is the file's top-level ``device_id`` (the director lists this device's
+targets under it), filled by the loaders.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class SyncSettings:
     reserve_bytes: int = DEFAULT_RESERVE_BYTES  # free space a download or install must leave on the disk
     poll_s: float = 300.0  # between two sync passes of the agent
     request_timeout_s: float = 30.0  # per socket read of a download
+    grace_s: float = 300.0  # after a promotion: a runtime crash or restart within it rolls the device back
+    device_id: str = field(default="", metadata=NOT_A_KEY)  # the agent file's top-level device_id
     source: str = field(default="", metadata=NOT_A_KEY)
 
     def resolve(self, path: str) -> Path:
@@ -53,14 +57,19 @@ def load_sync_settings(path: Union[str, os.PathLike[str]]) -> SyncSettings:
     block = data.get("sync")
     if block is None:
         raise ConfigError(f"{source}: no 'sync' block: add one to sync models (see device_configs/agent/example.yaml)")
-    return sync_settings_from_mapping(block, source, path="sync")
+    device_id = data.get("device_id")
+    if not isinstance(device_id, str) or not device_id:
+        raise ConfigError(f"{source}: device_id: expected this device's id (as enrolled), got {device_id!r}")
+    return sync_settings_from_mapping(block, source, path="sync", device_id=device_id)
 
 
-def sync_settings_from_mapping(data: Mapping[str, Any], source: str, path: str = "sync") -> SyncSettings:
+def sync_settings_from_mapping(data: Mapping[str, Any], source: str, path: str = "sync",
+                               device_id: str = "") -> SyncSettings:
     """Validate an already parsed ``sync:`` mapping; ``source`` names the file in messages and anchors paths."""
     where = f"{source}: {path}"
     settings = build_dataclass(SyncSettings, data, source, path)
-    settings = dataclasses.replace(settings, source=source)
+    settings = dataclasses.replace(settings, source=source, device_id=device_id)
+    check_device_id(device_id, f"{source}: device_id", allow_empty=True)
     for key in ("metadata_url", "targets_url", "runtime_url"):
         check_server_url(getattr(settings, key), f"{where}.{key}")
     if not settings.trusted_keys:
@@ -72,10 +81,19 @@ def sync_settings_from_mapping(data: Mapping[str, Any], source: str, path: str =
                           f"got {settings.keep_versions}")
     if settings.reserve_bytes < 0:
         raise ConfigError(f"{where}.reserve_bytes: expected 0 or more, got {settings.reserve_bytes}")
-    for key in ("poll_s", "request_timeout_s"):
+    for key in ("poll_s", "request_timeout_s", "grace_s"):
         if getattr(settings, key) <= 0:
             raise ConfigError(f"{where}.{key}: expected a positive number of seconds")
     return settings
+
+
+def check_device_id(device_id: str, where: str, allow_empty: bool = False) -> None:
+    """ConfigError unless ``device_id`` is 1..128 printable characters without '/' (it names a TUF path)."""
+    if allow_empty and device_id == "":
+        return
+    if (not isinstance(device_id, str) or not device_id or len(device_id) > 128 or not device_id.isprintable()
+            or "/" in device_id or device_id in (".", "..")):
+        raise ConfigError(f"{where}: expected 1..128 printable characters without '/', got {device_id!r}")
 
 
 def runtime_headers(settings: SyncSettings) -> Dict[str, str]:

@@ -8,7 +8,7 @@ bound to the runtime's URL and restricted-API header.
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -18,7 +18,6 @@ from edge_runtime.bundle.signing import load_public_key
 from edge_runtime.config import DeviceConfig, load_device_config
 from edge_runtime.errors import ConfigError
 from edge_runtime.fleet.download import HttpOpener, download
-from edge_runtime.fleet.errors import MetadataRefusedError
 from edge_runtime.fleet.install import InstalledVersion, install_bundle
 from edge_runtime.fleet.sync import DownloadFn, GateFn, InstallFn, SyncOutcome, sync_once
 from edge_runtime.fleet.sync_config import SyncSettings, runtime_headers
@@ -27,21 +26,6 @@ from edge_runtime.fleet.tuf_client import TlsFetcher, TufClient, TufTarget
 
 # (settings, device) -> the gate; replaced by tests that run the real CLI with a fake gate.
 GateFactory = Callable[[SyncSettings, DeviceConfig], GateFn]
-
-
-class ListingTufClient(TufClient):
-    """A TufClient that also lists the names of the targets in the trusted (verified) top-level targets role."""
-
-    def target_names(self) -> List[str]:
-        """Target names of the trusted ``targets.json`` (written only after a whole refresh verified)."""
-        path = self.metadata_dir / "targets.json"
-        try:
-            targets = json.loads(path.read_bytes())["signed"]["targets"]
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise MetadataRefusedError(f"{path}: the trusted targets metadata cannot be read: {exc}") from exc
-        return sorted(str(name) for name in targets)
 
 
 def seed_metadata(settings: SyncSettings) -> Path:
@@ -62,10 +46,10 @@ def _ca_bundle(settings: SyncSettings) -> Optional[str]:
     return str(settings.resolve(settings.ca_bundle)) if settings.ca_bundle else None
 
 
-def build_tuf_client(settings: SyncSettings) -> ListingTufClient:
+def build_tuf_client(settings: SyncSettings) -> TufClient:
     """The TUF client over the device's trusted metadata, fetching over the CA bundle's TLS (or loopback http)."""
     fetcher = TlsFetcher(tls_context(_ca_bundle(settings)), settings.request_timeout_s)
-    return ListingTufClient(seed_metadata(settings), settings.metadata_url, settings.targets_url, fetcher=fetcher)
+    return TufClient(seed_metadata(settings), settings.metadata_url, settings.targets_url, fetcher=fetcher)
 
 
 def build_download(settings: SyncSettings) -> DownloadFn:
@@ -73,10 +57,20 @@ def build_download(settings: SyncSettings) -> DownloadFn:
     opener = HttpOpener(tls_context(_ca_bundle(settings)), settings.request_timeout_s)
 
     def fetch(target: TufTarget, dest: Path) -> Path:
+        # Unpacking needs about the tar's size again, on the same disk when staging and repository share it.
+        same_disk = _same_filesystem(dest.parent, settings.resolve(settings.repository))
         return download(target.url, dest, target.length, target.sha256, opener=opener,
-                        reserve_bytes=settings.reserve_bytes)
+                        reserve_bytes=settings.reserve_bytes, then_bytes=target.length if same_disk else 0)
 
     return fetch
+
+
+def _same_filesystem(first: Path, second: Path) -> bool:
+    """Whether two existing directories are on one filesystem (True when either cannot be looked at)."""
+    try:
+        return os.stat(first).st_dev == os.stat(second).st_dev
+    except OSError:
+        return True
 
 
 def build_install(settings: SyncSettings, device: DeviceConfig) -> InstallFn:
@@ -85,9 +79,9 @@ def build_install(settings: SyncSettings, device: DeviceConfig) -> InstallFn:
     host = _host(device)
     repository = settings.resolve(settings.repository)
 
-    def install(tar: Path, model: str) -> InstalledVersion:
+    def install(tar: Path, model: str, version: str) -> InstalledVersion:
         return install_bundle(tar, repository, model, keys, device, host, settings.keep_versions,
-                              reserve_bytes=settings.reserve_bytes)
+                              reserve_bytes=settings.reserve_bytes, expected_version=version)
 
     return install
 

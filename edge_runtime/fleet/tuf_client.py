@@ -9,6 +9,14 @@ timestamp, then a bad targets) would leave newer files behind. Here the Updater 
 (``<metadata_dir>/.staging``) and the verified files are copied back only when the whole operation
 succeeded: a refused refresh leaves the device's trusted metadata byte-identical.
 
+What this device should run comes from the director (Uptane's pattern, one repository): top-level
+``targets`` is the image role (every published bundle), and it delegates the paths
+``devices/<xx>/*/*`` to hashed bins ``devices-<xx>`` (``<xx>``: the first ``BIN_HEX`` hex digits of
+sha256(device id); see ``fleet_server/tuf_director.py``). :meth:`TufClient.device_targets` makes
+ngclient load and verify this device's bin only, lists the bin's targets under
+``devices/<xx>/<device id>/``, and accepts each only when the image role lists the same bytes
+(length and sha256): a compromised director key alone cannot make a device run an unpublished file.
+
 The bundle download is not done here (``download.py`` resumes it with HTTP Range); this client
 returns what to fetch: the target's URL, length and sha256.
 
@@ -22,15 +30,17 @@ announced Content-Length before the first byte).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
+import json
 import os
 import shutil
 import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, Optional, TypeVar
-from urllib.parse import urlsplit
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from urllib.parse import quote, urlsplit
 
 from edge_runtime.atomic_io import fsync_dir, write_bytes_atomic
 from edge_runtime.errors import BackendUnavailableError, ConfigError
@@ -46,6 +56,8 @@ except ImportError:  # the `sync` extra is not installed
 
 T = TypeVar("T")
 STAGING = ".staging"
+BIN_HEX = 2  # as fleet_server.tuf_director.BIN_HEX: hex digits of sha256(device id) naming the device's bin
+_PROBE = ".probe"  # a target name under the device's prefix: looking it up makes ngclient load the bin
 
 # Most specific first: each ngclient failure → the one-line reason a device reports.
 _REASONS = (
@@ -188,6 +200,48 @@ class TufClient:
         return TufTarget(name=name, length=int(info.length), sha256=str(sha256),
                          custom=dict(custom) if isinstance(custom, dict) else {}, url=self._target_url(name, sha256))
 
+    def device_targets(self, device_id: str) -> List[TufTarget]:
+        """The director's verified targets for this device, each agreeing with its image target; [] when none.
+
+        Each TufTarget is named for the image (``<model>-<version>.tar``, fetched from the image's
+        URL) and carries the director's custom fields (model, version, device_class, rollout_id, ...).
+        MetadataRefusedError when the director and image roles disagree on a target.
+        """
+        if not device_id or "/" in device_id or device_id in (".", ".."):
+            raise ConfigError(f"device_id: {device_id!r} cannot name this device's TUF targets")
+        if self._updater is None:
+            self.refresh()
+        prefix = device_prefix(device_id)
+        pairs = self._staged(lambda u: self._director_pairs(u, device_id, prefix), fresh=False)
+        found = []
+        for director, image in pairs:
+            custom = director.unrecognized_fields.get("custom")
+            found.append(TufTarget(name=image.path, length=int(image.length), sha256=str(image.hashes["sha256"]),
+                                   custom=dict(custom), url=self._target_url(image.path, image.hashes["sha256"])))
+        return found
+
+    def _director_pairs(self, updater: Any, device_id: str, prefix: str) -> List[Tuple[Any, Any]]:
+        """(director target, image target) for each of the device's targets in its verified bin."""
+        updater.get_targetinfo(prefix + _PROBE)  # loads and verifies the device's bin (if delegated)
+        pairs = []
+        for name in self._bin_names(prefix):
+            director = updater.get_targetinfo(name)  # the verified target, or None (not in the verified bin)
+            if director is not None:
+                pairs.append((director, _agreeing_image(updater, name, director)))
+        return pairs
+
+    def _bin_names(self, prefix: str) -> List[str]:
+        """Target names under ``prefix`` in the bin file ngclient persisted (each is looked up verified)."""
+        role = "devices-" + prefix.split("/")[1]
+        path = self.metadata_dir / STAGING / f"{quote(role, '')}.json"
+        try:
+            names = json.loads(path.read_bytes())["signed"]["targets"]
+        except FileNotFoundError:
+            return []  # no bin for this device: the director gave it nothing yet
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MetadataRefusedError(f"{path}: the director's bin cannot be read: {exc}") from exc
+        return sorted(str(name) for name in names if str(name).startswith(prefix))
+
     def close(self) -> None:
         """Forget the Updater and remove the staging copy."""
         self._updater = None
@@ -219,6 +273,29 @@ class TufClient:
             raise translated from exc
         _commit(staging, self.metadata_dir)
         return result
+
+
+def device_prefix(device_id: str) -> str:
+    """``devices/<xx>/<device id>/``: where the director lists this device's targets."""
+    return f"devices/{hashlib.sha256(device_id.encode('utf-8')).hexdigest()[:BIN_HEX]}/{device_id}/"
+
+
+def _agreeing_image(updater: Any, name: str, director: Any) -> Any:
+    """The image target the director target ``name`` names; MetadataRefusedError unless they agree."""
+    custom = director.unrecognized_fields.get("custom")
+    image_name = custom.get("image") if isinstance(custom, dict) else None
+    if not isinstance(image_name, str) or name.rpartition("/")[2] != image_name:
+        raise MetadataRefusedError(f"TUF target '{name}': the director's custom 'image' does not name its "
+                                   f"bundle: {image_name!r}")
+    image = updater.get_targetinfo(image_name)
+    if image is None:
+        raise MetadataRefusedError(f"TUF target '{name}': director and image roles disagree: the image role "
+                                   f"does not list '{image_name}'")
+    ours, theirs = (director.length, director.hashes.get("sha256")), (image.length, image.hashes.get("sha256"))
+    if not theirs[1] or ours != theirs:
+        raise MetadataRefusedError(f"TUF target '{name}': director and image roles disagree on its bytes "
+                                   f"(length, sha256): director {ours}, image {theirs}")
+    return image
 
 
 def _translate(exc: BaseException) -> BaseException:

@@ -148,7 +148,8 @@ class OtaRig:
         write_tiny_bundle(bundle, self.private, version)
         (self.base / "work" / "x86-cpu").mkdir(exist_ok=True)
         tar = _tar(bundle, self.base / "work" / "x86-cpu" / f"tiny-{version}.tar")
-        self._tool("publish", str(tar), json.dumps({"model": "tiny", "version": version, "device_class": "x86-cpu"}))
+        self._tool("publish", str(tar), json.dumps({"model": "tiny", "version": version, "device_class": "x86-cpu"}),
+                   "kill-test")  # assigned to this device (the director), as the agent settings' device_id
 
     def reset(self) -> None:
         """Back to the start: tiny 0 and 1 on disk, 1 active; no download under way (trusted metadata kept)."""

@@ -33,6 +33,7 @@ from edge_runtime.bundle.verify import verify_bundle
 from edge_runtime.serving.active_version import ActiveVersion, read_pointer, write_pointer
 
 ROOT = Path(__file__).resolve().parents[2]
+DEVICE_ID = "test-device"
 
 # The CLI with a fake gate: it promotes (writes the pointer as the runtime's promote does) and says so.
 FAKE_GATE_CLI = """
@@ -107,7 +108,7 @@ class Device:
         self.config = base / "agent.yaml"
         self.config.write_text(
             "server_url: http://127.0.0.1:9\n"
-            "device_id: test-device\n"
+            f"device_id: {DEVICE_ID}\n"
             "token_file: token\n"
             "ca_bundle: null\n"
             "spool_path: spool.sqlite\n"
@@ -127,12 +128,13 @@ class Device:
         subprocess.run([self.python, str(TOOL), command, str(self.served), str(self.keys), *args],
                        check=True, cwd=str(ROOT), timeout=120)
 
-    def publish(self, version: str, device_class: str = "x86-cpu") -> None:
+    def publish(self, version: str, device_class: str = "x86-cpu", devices: Tuple[str, ...] = (DEVICE_ID,)) -> None:
+        """Publish tiny ``version`` (the image role) and assign it to ``devices`` (the director)."""
         bundle = self.work / f"tiny-{version}-{device_class}"
         write_tiny_bundle(bundle, self.key[0], version)
         tar = _tar(bundle, self.work / device_class / f"tiny-{version}.tar")
         custom = {"model": "tiny", "version": version, "device_class": device_class}
-        self.tool("publish", str(tar), json.dumps(custom))
+        self.tool("publish", str(tar), json.dumps(custom), *devices)
 
     def sync(self, real_gate: bool = False) -> subprocess.CompletedProcess:
         command = ["-m", "edge_runtime.cli"] if real_gate else ["-c", FAKE_GATE_CLI]
@@ -148,7 +150,7 @@ def device(tmp_path: Path, file_server: Tuple[Path, str], keypair: Tuple[Path, P
 
 def test_sync_once_installs_and_promotes_v2_then_is_a_no_op(device: Device) -> None:
     device.publish("2")
-    device.publish("3", device_class="jetson-xavier-nx")  # another device class: not for this device
+    device.publish("3", device_class="jetson-xavier-nx", devices=("xavier-7",))  # another device's target
 
     first = device.sync()
     assert first.returncode == 0, first.stderr
@@ -157,7 +159,7 @@ def test_sync_once_installs_and_promotes_v2_then_is_a_no_op(device: Device) -> N
     assert read_pointer(device.repo / "tiny") == ActiveVersion("2", "1")
     assert verify_bundle(device.repo / "tiny" / "2", [load_public_key(device.key[1])]).version == "2"
     assert not (device.repo / "tiny" / "3").exists()
-    assert list(device.staging.iterdir()) == []  # the tar is not kept once installed
+    assert list(device.staging.glob("*.tar*")) == []  # the tar is not kept once installed (reports may be queued)
 
     before = _tree(device.repo)
     again = device.sync()
@@ -171,7 +173,8 @@ def test_sync_once_refused_bundle_is_one_line_and_v1_stays(device: Device) -> No
     bundle = device.work / "rogue"
     write_tiny_bundle(bundle, rogue_private, "2")  # signed by a key the device does not trust
     tar = _tar(bundle, device.work / "x86-cpu" / "tiny-2.tar")
-    device.tool("publish", str(tar), json.dumps({"model": "tiny", "version": "2", "device_class": "x86-cpu"}))
+    device.tool("publish", str(tar), json.dumps({"model": "tiny", "version": "2", "device_class": "x86-cpu"}),
+                DEVICE_ID)
     before = _tree(device.repo)
 
     result = device.sync()

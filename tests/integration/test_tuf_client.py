@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOL = Path(__file__).with_name("tuf_repo_tool.py")
 NOW = datetime.datetime.now(datetime.timezone.utc)
 CUSTOM = {"model": "tiny", "version": "2", "device_class": "xavier-nx", "fingerprint": {"gpu": "sm_72"}}
+DEVICE = "xavier-0001"
 
 
 def _server_python() -> str:
@@ -62,8 +63,9 @@ class Repo:
         subprocess.run([self.python, str(TOOL), command, str(self.dir), str(self.keys), *args],
                        check=True, cwd=str(ROOT), timeout=120)
 
-    def publish(self, tar: Path) -> None:
-        self.tool("publish", str(tar), json.dumps(CUSTOM))
+    def publish(self, tar: Path, *devices: str) -> None:
+        """Publish ``tar`` (the image role) and assign it to ``devices`` (the director)."""
+        self.tool("publish", str(tar), json.dumps(CUSTOM), *devices)
 
     def metadata(self, name: str) -> Path:
         return self.dir / "metadata" / name
@@ -130,17 +132,20 @@ def _seen_by_device(repo: Repo, url: str) -> None:
 
 
 def test_refresh_and_target_lookup(repo: Repo, served: str, bundle_tar: Path) -> None:
-    repo.publish(bundle_tar)
+    repo.publish(bundle_tar, DEVICE)
     client = _client(repo, served)
     client.refresh()
     target = client.target("tiny-2.tar")
+    mine = client.device_targets(DEVICE)
     client.close()
     digest = hashlib.sha256(bundle_tar.read_bytes()).hexdigest()
     assert (target.length, target.sha256, target.custom) == (bundle_tar.stat().st_size, digest, CUSTOM)
     assert target.url == f"{served}/targets/{digest}.tiny-2.tar"
+    assert [(t.name, t.length, t.sha256, t.url) for t in mine] == [("tiny-2.tar", target.length, digest, target.url)]
+    assert mine[0].custom == {**CUSTOM, "image": "tiny-2.tar", "rollout_id": None}  # the director's custom
     with urllib.request.urlopen(target.url) as response:  # what download.py fetches
         assert hashlib.sha256(response.read()).hexdigest() == digest
-    assert json.loads((repo.device / "timestamp.json").read_bytes())["signed"]["version"] == 2
+    assert json.loads((repo.device / "timestamp.json").read_bytes())["signed"]["version"] == 3  # publish, assign
     assert not (repo.device / ".staging").exists()
 
 
@@ -278,20 +283,20 @@ def _sync_client(repo: Repo, url: str, ca_bundle: Path) -> TufClient:
                             metadata_dir=str(repo.device), trusted_root=str(repo.device / "root.json"),
                             staging_dir="staging", repository="models", trusted_keys=("signing.pub",),
                             device_config="device.yaml", ca_bundle=str(ca_bundle), request_timeout_s=10.0,
-                            source=str(repo.device.parent / "agent.yaml"))
+                            device_id=DEVICE, source=str(repo.device.parent / "agent.yaml"))
     return build_tuf_client(settings)
 
 
 def test_refresh_over_https_trusts_the_ca_bundle(repo: Repo, served_tls: str, pki: Dict[str, Path],
                                                  bundle_tar: Path) -> None:
-    repo.publish(bundle_tar)
+    repo.publish(bundle_tar, DEVICE)
     client = _sync_client(repo, served_tls, pki["ca"])
     client.refresh()
-    target = client.target("tiny-2.tar")
+    [target] = client.device_targets(DEVICE)
     client.close()
     assert target.sha256 == hashlib.sha256(bundle_tar.read_bytes()).hexdigest()
     assert target.url.startswith(f"{served_tls}/targets/")
-    assert json.loads((repo.device / "timestamp.json").read_bytes())["signed"]["version"] == 2
+    assert json.loads((repo.device / "timestamp.json").read_bytes())["signed"]["version"] == 3
 
 
 def test_a_ca_bundle_that_did_not_sign_the_server_is_a_transport_error(repo: Repo, served_tls: str,

@@ -47,6 +47,7 @@ def test_loopback_http_and_https_are_accepted(url: str) -> None:
     ({"backoff_max_s": 0.5}, "backoff_max_s"),
     ({"surprise": 1}, "unknown key"),
     ({"device_id": ""}, "device_id"),
+    ({"device_id": "site/7"}, "device_id"),  # it names the device's TUF paths
 ])
 def test_invalid_settings_are_one_line_errors(change: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -113,5 +114,6 @@ def test_a_sync_block_is_validated_by_its_own_rules(tmp_path: Path) -> None:
             "device_config": "device.yaml"}
     settings = agent_settings_from_mapping({**base, "sync": sync}, str(tmp_path / "agent.yaml"))
     assert settings.sync is not None and settings.sync.resolve(settings.sync.repository) == tmp_path / "models"
+    assert (settings.sync.device_id, settings.sync.grace_s) == ("d", 300.0)  # the file's top-level device_id
     with pytest.raises(ConfigError, match=r"plain http is allowed only to 127\.0\.0\.1"):
         agent_settings_from_mapping({**base, "sync": {**sync, "targets_url": "http://10.0.0.9/t/"}}, "agent.yaml")

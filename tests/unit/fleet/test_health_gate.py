@@ -192,6 +192,12 @@ def test_an_unreachable_runtime_is_a_one_line_reason() -> None:
     result = run_gate("http://127.0.0.1:9", "tiny", "2", HealthGateSettings(probe_requests=1))
     assert not result.passed and "no answer from the runtime at 127.0.0.1:9" in result.reason
     assert "\n" not in result.reason and "Traceback" not in result.reason
+    assert result.retry  # never judged: the sync pass tries the version again later
+
+
+def test_a_refused_stage_is_a_verdict_not_a_retry(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    runtime = FakeRuntime(clock, stage=json_reply(422, {"error": "failed to load 'tiny' version 2"}))
+    assert not gate(monkeypatch, runtime).retry
 
 
 def test_accuracy_against_the_probe_set(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:

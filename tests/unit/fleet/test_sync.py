@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,6 +18,7 @@ from edge_runtime.fleet.errors import (
     DownloadSpaceError,
     MetadataRefusedError,
     TransportError,
+    VersionRefusedError,
 )
 from edge_runtime.fleet.install import InstalledVersion
 from edge_runtime.fleet.refused_targets import RECORD_NAME, RefusedTargets
@@ -27,42 +28,43 @@ from edge_runtime.fleet.tuf_client import TufTarget
 from edge_runtime.serving.active_version import ActiveVersion, write_pointer
 
 CLASS = "x86-cpu"
+DEVICE = "dev-1"
 
 
 @dataclass
 class Verdict:
     passed: bool
     reason: str = ""
+    retry: bool = False
 
 
 class FakeTuf:
-    """Targets by name; ``broken`` names raise on lookup; ``refresh_error`` fails the refresh."""
+    """The director's targets for DEVICE (another device gets none); ``*_error`` fails refresh or the listing."""
 
-    def __init__(self, targets: List[TufTarget], broken: Tuple[str, ...] = (),
-                 refresh_error: Optional[Exception] = None) -> None:
-        self.targets = {t.name: t for t in targets}
-        self.broken = broken
-        self.refresh_error = refresh_error
+    def __init__(self, targets: List[TufTarget], refresh_error: Optional[Exception] = None,
+                 listing_error: Optional[Exception] = None) -> None:
+        self.targets = list(targets)
+        self.refresh_error, self.listing_error = refresh_error, listing_error
         self.refreshed = 0
+        self.asked: List[str] = []
 
     def refresh(self) -> None:
         self.refreshed += 1
         if self.refresh_error is not None:
             raise self.refresh_error
 
-    def target_names(self) -> List[str]:
-        return sorted([*self.targets, *self.broken])
-
-    def target(self, name: str) -> TufTarget:
-        if name in self.broken:
-            raise MetadataRefusedError(f"TUF target '{name}': no sha256 hash or no length in its metadata")
-        return self.targets[name]
+    def device_targets(self, device_id: str) -> List[TufTarget]:
+        self.asked.append(device_id)
+        if self.listing_error is not None:
+            raise self.listing_error
+        return list(self.targets) if device_id == DEVICE else []
 
 
 def target(model: str, version: str, device_class: str = CLASS, name: Optional[str] = None,
-           sha256: str = "0" * 64) -> TufTarget:
+           sha256: str = "0" * 64, rollout_id: Optional[int] = None) -> TufTarget:
     name = name or f"{model}-{version}.tar"
-    custom: Dict[str, Any] = {"model": model, "version": version, "device_class": device_class}
+    custom: Dict[str, Any] = {"image": name, "model": model, "version": version, "device_class": device_class,
+                              "fingerprint": None, "rollout_id": rollout_id}
     return TufTarget(name, 100, sha256, custom, f"http://127.0.0.1:1/targets/{name}")
 
 
@@ -71,11 +73,11 @@ class Steps:
 
     def __init__(self, fail_download: Tuple[str, ...] = (), fail_install: Tuple[str, ...] = (),
                  fail_gate: Tuple[str, ...] = (), crash_gate: Tuple[str, ...] = (),
-                 download_error: Optional[Exception] = None) -> None:
+                 download_error: Optional[Exception] = None, runtime_down: Tuple[str, ...] = ()) -> None:
         self.calls: List[Tuple[str, str]] = []
         self.download_error = download_error
         self.fail_download, self.fail_install = fail_download, fail_install
-        self.fail_gate, self.crash_gate = fail_gate, crash_gate
+        self.fail_gate, self.crash_gate, self.runtime_down = fail_gate, crash_gate, runtime_down
 
     def download(self, tuf_target: TufTarget, dest: Path) -> Path:
         self.calls.append(("download", tuf_target.name))
@@ -87,12 +89,15 @@ class Steps:
         dest.write_bytes(b"tar")
         return dest
 
-    def install(self, tar: Path, model: str) -> InstalledVersion:
+    def install(self, tar: Path, model: str, expected_version: str) -> InstalledVersion:
         self.calls.append(("install", tar.name))
         assert tar.read_bytes() == b"tar"
         if model in self.fail_install:
             raise BundleRefusedError(f"{tar.name}: bad signature: manifest.sig does not verify")
         version = tar.name[len(model) + 1:-len(".tar")]
+        if version != expected_version:  # as install_bundle does, before anything is published
+            raise VersionRefusedError(f"{tar.name}: the bundle is version {version}, its TUF target says "
+                                      f"{expected_version}")
         return InstalledVersion(model, version, tar.parent / version, _manifest(model, version), False, ())
 
     def gate(self, installed: InstalledVersion) -> Verdict:
@@ -101,6 +106,8 @@ class Steps:
             raise RuntimeError("gate crashed")
         if installed.model in self.fail_gate:
             return Verdict(False, f"{installed.model} version {installed.version}: p99 1500 ms\nover 1000 ms")
+        if installed.model in self.runtime_down:
+            return Verdict(False, "not staged: no answer from the runtime", retry=True)
         return Verdict(True)
 
 
@@ -123,7 +130,7 @@ def settings(tmp_path: Path) -> SyncSettings:
         write_pointer(repo / model, ActiveVersion(active))
     return SyncSettings(metadata_url="http://127.0.0.1:1/metadata/", targets_url="http://127.0.0.1:1/targets/",
                         metadata_dir="tuf", trusted_root="root.json", staging_dir="staging", repository="repo",
-                        trusted_keys=("signing.pub",), device_config="device.yaml",
+                        trusted_keys=("signing.pub",), device_config="device.yaml", device_id=DEVICE,
                         source=str(tmp_path / "agent.yaml"))
 
 
@@ -135,23 +142,46 @@ def test_newer_target_goes_through_every_step_in_order(settings: SyncSettings, d
     steps = Steps()
     tuf = FakeTuf([target("tiny", "2")])
     outcomes = run(settings, device, tuf, steps)
-    assert tuf.refreshed == 1
+    assert tuf.refreshed == 1 and tuf.asked == [DEVICE]
     assert steps.calls == [("download", "tiny-2.tar"), ("install", "tiny-2.tar"), ("gate", "tiny-2")]
     assert outcomes == [SyncOutcome("tiny-2.tar", "tiny", "2", PROMOTED, "", 42.0)]
     assert not (settings.resolve("staging") / "tiny-2.tar").exists()  # the tar is not kept once installed
 
 
-def test_older_or_equal_version_is_skipped(settings: SyncSettings, device: DeviceConfig) -> None:
+def test_the_active_version_is_up_to_date_and_an_older_one_is_a_refused_rollback(
+        settings: SyncSettings, device: DeviceConfig) -> None:
     steps = Steps()
-    assert run(settings, device, FakeTuf([target("tiny", "1"), target("other", "2"), target("other", "3")]),
-               steps) == []
+    tuf = FakeTuf([target("tiny", "1"), target("other", "2", rollout_id=7), target("other", "3")])
+    outcomes = run(settings, device, tuf, steps)
+    assert [(o.target, o.status, o.rollout_id) for o in outcomes] == [("other-2.tar", REFUSED, 7)]
+    assert outcomes[0].reason == ("TUF target 'other-2.tar': version 2 is older than the active version 3 "
+                                  "(rollback refused)")
     assert steps.calls == []
+    assert run(settings, device, tuf, steps) == []  # reported once, remembered
 
 
-def test_another_device_class_is_skipped(settings: SyncSettings, device: DeviceConfig) -> None:
+def test_a_director_target_for_another_device_class_is_refused(settings: SyncSettings, device: DeviceConfig) -> None:
     steps = Steps()
-    assert run(settings, device, FakeTuf([target("tiny", "5", device_class="jetson-xavier-nx")]), steps) == []
-    assert steps.calls == []
+    outcomes = run(settings, device, FakeTuf([target("tiny", "5", device_class="jetson-xavier-nx", rollout_id=4)]),
+                   steps)
+    assert [(o.status, o.rollout_id) for o in outcomes] == [(REFUSED, 4)]
+    assert "'jetson-xavier-nx'" in outcomes[0].reason and steps.calls == []
+
+
+def test_outcomes_carry_the_directors_rollout_id(settings: SyncSettings, device: DeviceConfig) -> None:
+    tuf = FakeTuf([target("tiny", "2", rollout_id=7), target("other", "4", rollout_id=8)])
+    outcomes = run(settings, device, tuf, Steps(fail_gate=("other",)))
+    assert [(o.model, o.status, o.rollout_id) for o in outcomes] == [("other", GATE_FAILED, 8), ("tiny", PROMOTED, 7)]
+    flagged = target("tiny", "2")
+    flagged.custom["rollout_id"] = True  # not an integer: no rollout
+    assert [o.rollout_id for o in run(settings, device, FakeTuf([flagged]), Steps())] == [None]
+
+
+def test_a_pass_without_a_device_id_is_refused(settings: SyncSettings, device: DeviceConfig) -> None:
+    tuf = FakeTuf([target("tiny", "2")])
+    with pytest.raises(ConfigError, match="device_id"):
+        run(replace(settings, device_id=""), device, tuf, Steps())
+    assert tuf.refreshed == 0
 
 
 def test_only_the_highest_newer_version_per_model(settings: SyncSettings, device: DeviceConfig) -> None:
@@ -186,9 +216,12 @@ def test_one_failure_is_one_outcome_and_the_others_still_run(settings: SyncSetti
     assert not list(settings.resolve("staging").glob("*.tar"))
 
 
-def test_a_target_whose_lookup_fails_is_one_outcome(settings: SyncSettings, device: DeviceConfig) -> None:
-    outcomes = run(settings, device, FakeTuf([target("tiny", "2")], broken=("bad-9.tar",)), Steps())
-    assert [(o.target, o.status) for o in outcomes] == [("bad-9.tar", REFUSED), ("tiny-2.tar", PROMOTED)]
+def test_a_refused_director_listing_is_one_outcome(settings: SyncSettings, device: DeviceConfig) -> None:
+    error = MetadataRefusedError("TUF target 'devices/ab/dev-1/tiny-2.tar': director and image roles disagree")
+    steps = Steps()
+    outcomes = run(settings, device, FakeTuf([target("tiny", "2")], listing_error=error), steps)
+    assert [(o.target, o.status, o.reason) for o in outcomes] == [(METADATA, REFUSED, str(error))]
+    assert steps.calls == []
 
 
 def test_bad_custom_fields_are_refused(settings: SyncSettings, device: DeviceConfig) -> None:
@@ -264,6 +297,15 @@ def test_a_crash_after_the_download_is_not_remembered(settings: SyncSettings, de
     assert [o.status for o in run(settings, device, tuf, Steps())] == [PROMOTED]
 
 
+def test_a_gate_the_runtime_never_answered_is_failed_and_retried(settings: SyncSettings,
+                                                                   device: DeviceConfig) -> None:
+    """A runtime that is down never judged the version: a later pass gates it again."""
+    tuf = FakeTuf([target("tiny", "3")])
+    assert [o.status for o in run(settings, device, tuf, Steps(runtime_down=("tiny",)))] == [FAILED]
+    assert _record(settings) == []
+    assert [o.status for o in run(settings, device, tuf, Steps())] == [PROMOTED]
+
+
 def test_a_republished_target_with_another_sha256_is_tried(settings: SyncSettings, device: DeviceConfig) -> None:
     run(settings, device, FakeTuf([target("tiny", "3", sha256="a" * 64)]), Steps(fail_gate=("tiny",)))
     steps = Steps()
@@ -295,10 +337,19 @@ sync:
 
 def test_settings_load_from_the_sync_block(tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
-    path.write_text("server_url: https://fleet.example.com\n" + SYNC_BLOCK)
+    path.write_text("server_url: https://fleet.example.com\ndevice_id: dev-7\n" + SYNC_BLOCK)
     settings = load_sync_settings(path)
     assert settings.resolve(settings.repository) == tmp_path / "models"
     assert (settings.keep_versions, settings.trusted_keys, runtime_headers(settings)) == (3, ("signing.pub",), {})
+    assert (settings.device_id, settings.grace_s) == ("dev-7", 300.0)
+
+
+@pytest.mark.parametrize("head", ["", "device_id: ''\n", "device_id: 7\n", "device_id: a/b\n"])
+def test_settings_need_the_files_device_id(tmp_path: Path, head: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(head + SYNC_BLOCK)
+    with pytest.raises(ConfigError, match="device_id"):
+        load_sync_settings(path)
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -307,12 +358,13 @@ def test_settings_load_from_the_sync_block(tmp_path: Path) -> None:
     ("  restricted_header: admin-key\n", "go together"),
     ("  colour: blue\n", "unknown key 'sync.colour'"),
     ("  poll_s: 0\n", "poll_s"),
+    ("  grace_s: 0\n", "grace_s"),
 ])
 def test_settings_refused_in_one_line(tmp_path: Path, extra: str, words: str) -> None:
     path = tmp_path / "agent.yaml"
     block = SYNC_BLOCK if "targets_url" not in extra else SYNC_BLOCK.replace(
         "  targets_url: https://cdn.example.com/tuf/targets/\n", "")
-    path.write_text(block + extra)
+    path.write_text("device_id: dev-1\n" + block + extra)
     with pytest.raises(ConfigError) as caught:
         load_sync_settings(path)
     assert words in str(caught.value) and "\n" not in str(caught.value)
@@ -328,5 +380,6 @@ def test_no_sync_block(tmp_path: Path) -> None:
 def test_restricted_header_read_from_its_file(tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
     (tmp_path / "admin-key").write_text("s3cret\n")
-    path.write_text(SYNC_BLOCK + "  restricted_header: admin-key\n  restricted_value_file: admin-key\n")
+    path.write_text("device_id: dev-1\n" + SYNC_BLOCK + "  restricted_header: admin-key\n"
+                    "  restricted_value_file: admin-key\n")
     assert runtime_headers(load_sync_settings(path)) == {"admin-key": "s3cret"}
