@@ -21,6 +21,7 @@ from fleet_server.dashboard import create_dashboard_blueprint
 from fleet_server.db import make_engine
 from fleet_server.errors import OverloadedError
 from fleet_server.routes import api
+from fleet_server.routes_rollouts import ota_api
 from fleet_server.settings import FleetSettings
 from fleet_server.tokens import load_or_create_secret
 
@@ -38,6 +39,7 @@ def create_app(settings: FleetSettings, clock: Optional[Clock] = None) -> Flask:
                            clock=clock or time.time)
     app.extensions["fleet"] = context
     app.register_blueprint(api)
+    app.register_blueprint(ota_api)
     app.register_blueprint(create_dashboard_blueprint())
     _register_error_handlers(app, settings.retry_after_s)
     return app

@@ -2,10 +2,11 @@
 
     edge-fleet serve [--host 127.0.0.1] [--port 8080] [--workers N] [--threads N] [--tls-cert F --tls-key F]
     edge-fleet migrate                        bring the database to the newest schema (alembic upgrade head)
-    edge-fleet enroll DEVICE_ID               enroll a device; prints its token once
+    edge-fleet enroll DEVICE_ID [--device-class C]   enroll a device; prints its token once
     edge-fleet operator-token create NAME     prints a new operator token once
     edge-fleet operator-token revoke NAME
     edge-fleet retention                      roll up and delete old telemetry now
+    edge-fleet tuf-init | tuf-refresh | publish | rollout ...   over-the-air updates (fleet_server.cli_rollouts)
 
 Every command takes ``--config FILE`` (settings YAML; default: built-in settings, paths relative to
 the working directory) and ``--debug``. A user's error is one line, ``edge-fleet: error: ...``, exit
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, TextIO, Tuple, TypeVar
 
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from fleet_server.cli_rollouts import COMMANDS as OTA_COMMANDS
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -108,14 +110,26 @@ def _migrate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _device_id_argument(parser: argparse.ArgumentParser) -> None:
+def _enroll_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("device_id", metavar="DEVICE_ID")
+    parser.add_argument("--device-class", metavar="C", help="the device's class (what rollouts target)")
 
 
 def _enroll(args: argparse.Namespace, out: TextIO) -> int:
+    from fleet_server.batch import DEVICE_ID
+    from fleet_server.director import assign_enrolled
     from fleet_server.tokens import enroll_device
 
-    token = _with_secret(args, lambda c, secret: enroll_device(c, secret, args.device_id, time.time()))
+    for what, value in (("DEVICE_ID", args.device_id), ("--device-class", args.device_class)):
+        if value is not None and not DEVICE_ID.match(value):
+            raise ConfigError(f"{what}: expected 1-128 letters, digits, '.', '_', ':' or '-'")
+
+    def work(connection: Connection, secret: bytes) -> str:
+        token = enroll_device(connection, secret, args.device_id, time.time(), args.device_class)
+        assign_enrolled(connection, _settings(args), args.device_id, args.device_class)
+        return token
+
+    token = _with_secret(args, work)
     print(f"{PROG}: enrolled {args.device_id}; its token (shown once) follows", file=sys.stderr)
     print(token, file=out)
     return 0
@@ -191,9 +205,10 @@ def _with_secret(args: argparse.Namespace, work: Callable[[Connection, bytes], T
 _COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Optional[Handler], str]] = {
     "serve": (_serve_arguments, _serve, "run the HTTP server (gunicorn; stateless: scale out with instances)"),
     "migrate": (_no_arguments, _migrate, "bring the database schema to the newest revision"),
-    "enroll": (_device_id_argument, _enroll, "enroll a device and print its token once"),
+    "enroll": (_enroll_arguments, _enroll, "enroll a device and print its token once"),
     "operator-token": (_operator_token_arguments, _operator_token, "create or revoke an operator token"),
     "retention": (_no_arguments, _retention, "roll up and delete old telemetry now"),
+    **OTA_COMMANDS,
 }
 
 if __name__ == "__main__":

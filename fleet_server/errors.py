@@ -11,6 +11,10 @@ Each carries the HTTP status the server answers with; the app turns any of them 
         ├── ForbiddenError (403)          a valid token used for another device
         ├── DeviceNotFoundError (404)     no such enrolled device
         ├── DeviceExistsError (409)       the device is already enrolled (rotate its token instead)
+        ├── NotFoundError (404)           no such bundle or rollout
+        ├── ConflictError (409)           the request contradicts the state (another bundle under that
+        │                                 version, advancing a paused rollout, no TUF repository yet)
+        ├── BundleRejectedError (422)     an uploaded bundle is unsafe, unsigned, or signed by an untrusted key
         ├── OverloadedError (503)         the database is busy or its pool is exhausted: retry later
         ├── DatabaseError (500)           the database cannot be reached or is not migrated
         └── SecretError (500)             the server's HMAC secret file is unreadable or too short
@@ -79,3 +83,21 @@ class SecretError(FleetError):
     """The server's secret (the HMAC key for token digests) cannot be read or created."""
 
     http_status = 500
+
+
+class NotFoundError(FleetError):
+    """No bundle or rollout with this name or id."""
+
+    http_status = 404
+
+
+class ConflictError(FleetError):
+    """The request contradicts the stored state (e.g. advancing a paused rollout)."""
+
+    http_status = 409
+
+
+class BundleRejectedError(FleetError):
+    """An uploaded bundle cannot be published: not a safe tar, or its signature does not verify."""
+
+    http_status = 422

@@ -1,7 +1,8 @@
 """Central server settings: `edge-fleet --config FILE` (YAML → validated, frozen dataclasses).
 
 Validated with :mod:`edge_runtime.config.schema` like the device's configs (unknown keys are
-errors). Relative paths — the SQLite file in ``database_url``, ``secret_file`` — are resolved
+errors). Relative paths — the SQLite file in ``database_url``, ``secret_file``, the ``tuf:`` block's
+directories and key files — are resolved
 against the settings file's directory (or the working directory when there is no file).
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple, Union
 
 from edge_runtime.config.schema import NOT_A_KEY, build_dataclass, check_at_least, read_yaml_mapping, require_mapping
 from edge_runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fleet_server.tuf_repository import Expiry
 
 SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 
@@ -30,8 +35,30 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class TufSettings:
+    """The fleet's TUF repository (static files any HTTP server serves) and what bundles it accepts."""
+
+    repository_dir: str = "tuf"  # metadata/ and targets/: serve this directory (nginx, a CDN)
+    keys_dir: str = "tuf-keys"  # the online keys (targets, snapshot, timestamp, director); never served
+    staging_dir: str = "tuf-staging"  # uploads and unpacked bundles being checked; never served
+    # ed25519 public key files (PEM): an uploaded bundle must be signed by one of them
+    trusted_bundle_keys: Tuple[str, ...] = ()
+    max_bundle_bytes: int = 4 << 30  # POST /api/v1/bundles bodies; more is 413
+    targets_days: float = 30.0  # how long signed targets (image and director bins) stay valid
+    snapshot_days: float = 7.0
+    timestamp_hours: float = 6.0  # the anti-freeze clock: run `edge-fleet tuf-refresh` well within it
+
+    def expiry(self) -> Expiry:
+        """These lifetimes as the repository's Expiry (root keeps its default: it is signed offline)."""
+        from fleet_server.tuf_repository import Expiry
+
+        return Expiry(targets=timedelta(days=self.targets_days), snapshot=timedelta(days=self.snapshot_days),
+                      timestamp=timedelta(hours=self.timestamp_hours))
+
+
+@dataclass(frozen=True)
 class FleetSettings:
-    """Everything the central server needs: database, secret, limits, retention."""
+    """Everything the central server needs: database, secret, limits, retention, the TUF repository."""
 
     # SQLite (embedded, the default) or PostgreSQL (a fleet: postgresql+psycopg://user@host/db)
     database_url: str = "sqlite:///fleet.sqlite"
@@ -46,6 +73,7 @@ class FleetSettings:
     retry_after_s: int = 5
     max_history_points: int = 5000
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    tuf: TufSettings = field(default_factory=TufSettings)
     source: str = field(default="", metadata=NOT_A_KEY)
 
     def resolve(self, path: str) -> Path:
@@ -107,3 +135,10 @@ def _check(settings: FleetSettings) -> None:
         raise ConfigError(f"{src}: retention: expected 0 < raw_days <= minute_days <= hour_days")
     if retention.run_every_s < 0:
         raise ConfigError(f"{src}: retention.run_every_s: expected seconds >= 0 (0: never)")
+    tuf = settings.tuf
+    check_at_least(src, "tuf.max_bundle_bytes", tuf.max_bundle_bytes, 1)
+    for key in ("targets_days", "snapshot_days", "timestamp_hours"):
+        if getattr(tuf, key) <= 0:
+            raise ConfigError(f"{src}: tuf.{key}: expected a positive number")
+    if tuf.timestamp_hours / 24 > tuf.snapshot_days or tuf.snapshot_days > tuf.targets_days:
+        raise ConfigError(f"{src}: tuf: expected timestamp_hours/24 <= snapshot_days <= targets_days")

@@ -114,13 +114,18 @@ def authenticate_operator(connection: Connection, secret: bytes, token: Optional
     return str(row[1])
 
 
-def enroll_device(connection: Connection, secret: bytes, device_id: str, now: float) -> str:
-    """Create a device and its first token; the token is returned once. DeviceExistsError if enrolled."""
+def enroll_device(connection: Connection, secret: bytes, device_id: str, now: float,
+                  device_class: Optional[str] = None) -> str:
+    """Create a device (of ``device_class``: what rollouts target) and its first token, returned once.
+
+    DeviceExistsError if the device is already enrolled.
+    """
     exists = connection.execute(select(Device.id).where(Device.device_id == device_id)).first()
     if exists is not None:
         raise DeviceExistsError(f"device {device_id!r} is already enrolled: rotate its token instead")
     device_pk = connection.execute(
-        insert(Device).values(device_id=device_id, created=now, dropped=0).returning(Device.id)
+        insert(Device).values(device_id=device_id, device_class=device_class, created=now, dropped=0)
+        .returning(Device.id)
     ).scalar_one()
     return _issue(connection, secret, int(device_pk), now)
 

@@ -15,6 +15,7 @@ from typing import Dict, Iterator, List
 import pytest
 from fleet_support import Served, fleet_cli, make_ca_and_server_cert, start_fleet, stop_fleet
 
+from fleet_server.schema import head_revision
 from fleet_server.testing import make_batch, make_record
 
 
@@ -108,7 +109,8 @@ def test_cli_errors_are_one_line(config: Path, tmp_path: Path) -> None:
     result = fleet_cli(config, "serve", "--port", "0")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "edge-fleet: error: the database is at revision none, the server needs 0001: run `edge-fleet migrate`"]
+        f"edge-fleet: error: the database is at revision none, the server needs {head_revision()}: "
+        "run `edge-fleet migrate`"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("database_url: mysql://x\n")
     result = fleet_cli(bad, "migrate")
