@@ -15,7 +15,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, TextIO
 
 # On Python 3.8 (JetPack 5) cryptography warns at import that its 3.8 support is deprecated: two
 # lines on stderr on every run, where a user's error is one line. Only that warning, and only in the
@@ -32,6 +32,10 @@ from edge_runtime.bundle.manifest import Manifest, TargetInfo  # noqa: E402  (af
 from edge_runtime.bundle.signing import generate_keypair, key_id, load_public_key  # noqa: E402
 from edge_runtime.bundle.verify import verify_bundle  # noqa: E402
 from edge_runtime.errors import ConfigError, EdgeRuntimeError  # noqa: E402
+
+if TYPE_CHECKING:
+    from edge_runtime.fleet.sync import SyncOutcome
+    from edge_runtime.fleet.sync_config import SyncSettings
 
 PROG = "edge-runtime"
 
@@ -190,7 +194,9 @@ def _sync(args: argparse.Namespace, out: TextIO) -> int:
     from edge_runtime.fleet.sync_config import load_sync_settings
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    outcomes = sync_pass.run_once(load_sync_settings(args.config))
+    settings = load_sync_settings(args.config)
+    outcomes = sync_pass.run_once(settings)
+    _report_pass(args.config, settings, outcomes)
     for outcome in outcomes:
         print(outcome.line(), file=out)
     bad = [o for o in outcomes if o.status != PROMOTED]
@@ -201,6 +207,21 @@ def _sync(args: argparse.Namespace, out: TextIO) -> int:
     if not outcomes:
         print("up to date: no newer bundle for this device", file=out)
     return 0
+
+
+def _report_pass(config: Path, settings: SyncSettings, outcomes: List[SyncOutcome]) -> None:
+    """Queue the pass's sync reports and send the queue once (kept when the server is down or not configured)."""
+    import logging
+
+    from edge_runtime.fleet.agent_config import load_agent_settings
+    from edge_runtime.fleet.sync_loop import report_once
+
+    try:
+        agent = load_agent_settings(config)
+    except ConfigError as exc:  # a sync-only file: the reports wait for an agent that can send them
+        logging.getLogger(__name__).warning("sync reports queued, not sent: %s", exc)
+        agent = None
+    report_once(agent, settings, outcomes)
 
 
 # --- check ----------------------------------------------------------------------------------

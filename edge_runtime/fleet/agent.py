@@ -1,9 +1,13 @@
-"""The agent process (``edge-runtime agent``): uploads the telemetry spool until it is told to stop.
+"""The agent process (``edge-runtime agent``): uploads the telemetry spool, and syncs models, until told to stop.
 
-It runs beside the runtime, which writes the spool and never touches the network. SIGTERM (systemd's
-stop) and SIGINT set a stop event: the batch in flight finishes (at most ``request_timeout_s``), its
-acknowledgement is written, and the process exits 0. A SIGKILL at any moment loses nothing: a record
-leaves the spool only after the server acknowledged it, and a batch sent again is stored once.
+It runs beside the runtime, which writes the spool and never touches the network. When the agent
+file has a ``sync:`` block, a second thread runs the sync loop (:mod:`edge_runtime.fleet.sync_loop`:
+passes, the grace-period watch, sync reports) beside the uploader. SIGTERM (systemd's stop) and
+SIGINT set one stop event: the batch in flight finishes (at most ``request_timeout_s``), its
+acknowledgement is written, the sync thread is given :data:`SYNC_JOIN_S` to finish its step, and the
+process exits 0. A SIGKILL at any moment loses nothing: a record leaves the spool only after the
+server acknowledged it, and a batch sent again is stored once; every step of a sync pass is safe to
+kill, and reports and trials are on disk.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from edge_runtime.host_info import host_fingerprint
 from edge_runtime.telemetry.spool import Spool
 
 log = logging.getLogger(__name__)
+
+SYNC_JOIN_S = 10.0  # a pass in flight past this is cut by the exit (it resumes at the next start)
 
 # The agent only reads and acknowledges: the bound is the runtime's (telemetry.spool_max_bytes).
 _READER_MAX_BYTES = 1 << 62
@@ -65,7 +71,7 @@ def run_loop(uploader: Uploader, stop: threading.Event,
 
 
 def run(settings: AgentSettings, transport: Optional[Transport] = None) -> int:
-    """The ``edge-runtime agent`` process: upload until SIGTERM or SIGINT; exit status 0."""
+    """The ``edge-runtime agent`` process: upload (and sync) until SIGTERM or SIGINT; exit status 0."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -76,9 +82,30 @@ def run(settings: AgentSettings, transport: Optional[Transport] = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     uploader = build_uploader(settings, transport)
     log.info("agent uploading %s to %s as %s", uploader.spool.path, settings.server_url, settings.device_id)
+    sync_thread: Optional[threading.Thread] = None
     try:
+        sync_thread = start_sync(settings, stop, transport)
         run_loop(uploader, stop)
     finally:
+        stop.set()
         uploader.spool.close()
+        if sync_thread is not None:
+            sync_thread.join(SYNC_JOIN_S)
+            if sync_thread.is_alive():
+                log.warning("sync: a step still running after %g s is cut by the exit", SYNC_JOIN_S)
     log.info("agent stopped")
     return 0
+
+
+def start_sync(settings: AgentSettings, stop: threading.Event,
+               transport: Optional[Transport] = None) -> Optional[threading.Thread]:
+    """The sync loop's thread when the settings have a ``sync:`` block (started), else None."""
+    if settings.sync is None:
+        return None
+    from edge_runtime.fleet.sync_loop import build_sync_loop
+
+    loop = build_sync_loop(settings, settings.sync, transport)
+    thread = threading.Thread(target=loop.run, args=(stop,), name="sync", daemon=True)
+    thread.start()
+    log.info("agent syncing models from %s every %g s", settings.sync.metadata_url, settings.sync.poll_s)
+    return thread
