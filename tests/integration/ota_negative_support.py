@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from runtime_support import B, RunningServer, W, affine, call_json
+from runtime_support import RunningServer, affine, affine_onnx, call_json
 
 from edge_runtime.bundle import ArtifactSpec, TargetInfo, TensorSpec, finalize_bundle
 from edge_runtime.bundle.signing import load_private_key, sign_manifest
@@ -55,20 +55,6 @@ MODES = ("endless", "oversize", "truncated", "other-bytes", "endless-metadata")
 
 
 # --- bundles and tars -----------------------------------------------------------------------------
-
-def affine_onnx(bias: np.ndarray = B) -> bytes:
-    """The tiny affine model (input @ W + bias) as ONNX bytes; a NaN bias makes every output NaN."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["output"])],
-        "affine", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(bias.astype(np.float32), "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
-
 
 def write_bundle(directory: Path, key: Path, version: str, *, name: str = MODEL, onnx: Optional[bytes] = b"",
                  targets: Sequence[TargetInfo] = (CPU_TARGET,), engine: Optional[str] = None) -> Path:

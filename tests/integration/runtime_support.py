@@ -39,22 +39,25 @@ def affine(x: np.ndarray) -> np.ndarray:
     return x @ W + B
 
 
-def write_tiny_bundle(directory: Path, key_path: Path, version: str) -> None:
-    """A signed bundle holding the affine model as the x86-cpu target's FP32 ONNX."""
-    onnx = pytest.importorskip("onnx")
+def affine_onnx(bias: np.ndarray = B) -> bytes:
+    """The tiny affine model (input @ W + bias) as ONNX bytes; a NaN bias makes every output NaN."""
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["input", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["output"])],
-        "affine",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        "affine", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
-    )
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(np.asarray(bias, dtype=np.float32), "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # readable by onnxruntime 1.19 (the last with Python 3.8 wheels)
+    return bytes(model.SerializeToString())
+
+
+def write_tiny_bundle(directory: Path, key_path: Path, version: str, bias: np.ndarray = B) -> None:
+    """A signed bundle holding the affine model (``bias``: B; NaN makes a bad model) as x86-cpu's FP32 ONNX."""
     directory.mkdir(parents=True)
-    onnx.save(model, str(directory / "model.onnx"))
+    (directory / "model.onnx").write_bytes(affine_onnx(bias))
     finalize_bundle(
         directory, name="tiny", version=version,
         inputs=[TensorSpec(name="input", dtype="float32", shape=(-1, 4))],

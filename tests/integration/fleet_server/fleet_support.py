@@ -56,6 +56,12 @@ def start_fleet(config: Path, log: Path, extra: List[str], context: Optional[ssl
             device_token = result.stdout.strip()
         elif command[0] == "operator-token":
             operator_token = result.stdout.strip()
+    return serve_fleet(config, log, extra, context, device_token, operator_token)
+
+
+def serve_fleet(config: Path, log: Path, extra: List[str], context: Optional[ssl.SSLContext],
+                device_token: str = "", operator_token: str = "") -> Served:
+    """Start `edge-fleet serve` on a free port of 127.0.0.1 (database migrated) and wait until it answers."""
     handle = log.open("w")
     process = subprocess.Popen([sys.executable, "-m", "fleet_server.cli", "serve", "--config", str(config),
                                 "--port", "0", "--workers", "2", *extra], stdout=handle, stderr=subprocess.STDOUT)
