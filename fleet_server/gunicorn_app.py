@@ -4,7 +4,8 @@ Each worker builds its own app (and engine) after the fork; nothing is shared be
 but the database and the secret file, which is what lets instances scale out. The master checks
 the schema revision and creates the secret before any worker starts, prints
 ``edge-fleet: serving on http(s)://HOST:PORT`` once it listens (the real port when 0 was asked),
-and runs retention every ``retention.run_every_s`` on a thread of its own.
+and runs retention every ``retention.run_every_s`` and the TUF timestamp refresh every
+``tuf.refresh_every_s`` on threads of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fleet_server.retention import start_periodic_retention
 from fleet_server.schema import require_current
 from fleet_server.settings import FleetSettings
 from fleet_server.tokens import load_or_create_secret
+from fleet_server.tuf_refresher import start_periodic_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class FleetGunicorn(BaseApplication):
         print(f"edge-fleet: serving on {scheme}://{self.options.host}:{address[1]}", file=self.out, flush=True)
         if self.settings.retention.run_every_s > 0:
             start_periodic_retention(self.settings, make_engine(self.settings), time.time, self.stop_retention)
+        if self.settings.tuf.refresh_every_s > 0:
+            start_periodic_refresh(self.settings, self.stop_retention)
 
     def _on_exit(self, server: Any) -> None:
         self.stop_retention.set()

@@ -47,6 +47,8 @@ class TufSettings:
     targets_days: float = 30.0  # how long signed targets (image and director bins) stay valid
     snapshot_days: float = 7.0
     timestamp_hours: float = 6.0  # the anti-freeze clock: run `edge-fleet tuf-refresh` well within it
+    # `edge-fleet serve` re-signs the timestamp this often (0: never; then run `edge-fleet tuf-refresh` from a timer)
+    refresh_every_s: float = 3600.0
 
     def expiry(self) -> Expiry:
         """These lifetimes as the repository's Expiry (root keeps its default: it is signed offline)."""
@@ -142,3 +144,6 @@ def _check(settings: FleetSettings) -> None:
             raise ConfigError(f"{src}: tuf.{key}: expected a positive number")
     if tuf.timestamp_hours / 24 > tuf.snapshot_days or tuf.snapshot_days > tuf.targets_days:
         raise ConfigError(f"{src}: tuf: expected timestamp_hours/24 <= snapshot_days <= targets_days")
+    if not 0 <= tuf.refresh_every_s < tuf.timestamp_hours * 3600 / 2:
+        raise ConfigError(f"{src}: tuf.refresh_every_s: expected 0 (never) or less than half of timestamp_hours, "
+                          "so that devices never see an expired timestamp")

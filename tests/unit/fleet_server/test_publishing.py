@@ -229,11 +229,12 @@ def test_tuf_settings_resolve_against_the_settings_file_and_are_checked(tmp_path
     from edge_runtime.errors import ConfigError
     from fleet_server.settings import fleet_settings_from_mapping
 
-    settings = fleet_settings_from_mapping({"tuf": {"trusted_bundle_keys": ["keys/a.pub"], "timestamp_hours": 2}},
-                                           str(tmp_path / "fleet.yaml"))
+    settings = fleet_settings_from_mapping({"tuf": {"trusted_bundle_keys": ["keys/a.pub"], "timestamp_hours": 2,
+                                                    "refresh_every_s": 1800}}, str(tmp_path / "fleet.yaml"))
     assert settings.resolve(settings.tuf.repository_dir) == tmp_path / "tuf"
     assert settings.resolve(settings.tuf.trusted_bundle_keys[0]) == tmp_path / "keys" / "a.pub"
     assert settings.tuf.max_bundle_bytes == 4 << 30 and settings.tuf.expiry().timestamp.total_seconds() == 7200
-    for bad in ({"max_bundle_bytes": 0}, {"snapshot_days": 60}, {"colour": 1}, {"trusted_bundle_keys": "a.pub"}):
+    for bad in ({"max_bundle_bytes": 0}, {"snapshot_days": 60}, {"colour": 1}, {"trusted_bundle_keys": "a.pub"},
+                {"refresh_every_s": 3 * 3600}, {"refresh_every_s": -1}):
         with pytest.raises(ConfigError, match=r"fleet\.yaml: "):
             fleet_settings_from_mapping({"tuf": bad}, "fleet.yaml")

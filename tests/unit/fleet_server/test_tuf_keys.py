@@ -139,3 +139,14 @@ def test_rotation_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert read_current(tmp_path / "repo", "root").signed.version == 2 and (offline2 / "root.pem").is_file()
     assert fleet_main(["tuf-rotate", "timestamp", "--root-keys-dir", str(offline), "--config", str(config)]) == 1
     assert "not one the current root lists" in capsys.readouterr().err  # the old root key is retired
+
+
+def test_the_servers_refresher_re_signs_the_timestamp_once_there_is_a_repository(tmp_path: Path) -> None:
+    from fleet_server.settings import fleet_settings_from_mapping
+    from fleet_server.tuf_refresher import refresh_once
+
+    settings = fleet_settings_from_mapping({"tuf": {"repository_dir": "repo", "keys_dir": "online"}},
+                                           str(tmp_path / "fleet.yaml"))
+    assert refresh_once(settings) == 0  # before tuf-init: nothing to do, no error
+    init_repository(tmp_path / "repo", tmp_path / "online", tmp_path / "offline")
+    assert refresh_once(settings) == 2 and read_current(tmp_path / "repo", "timestamp").signed.version == 2
