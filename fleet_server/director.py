@@ -63,16 +63,32 @@ def is_member(plan: RolloutPlan, device_id: str, device_class: Optional[str]) ->
     return device_id in plan.canary or bucket(plan.rollout_id, device_id) < plan.percent
 
 
-def desired_targets(device_id: str, device_class: Optional[str], plans: Iterable[RolloutPlan]) -> List[DeviceTarget]:
-    """Per model, the highest version among the non-cancelled rollouts the device is in."""
+def desired_targets(device_id: str, device_class: Optional[str], plans: Iterable[RolloutPlan],
+                    installed: Optional[Mapping[str, Any]] = None) -> List[DeviceTarget]:
+    """Per model, the highest version among the non-cancelled rollouts the device is in.
+
+    ``installed`` is the device's last reported state (``{model: {"active": version}}``): a version
+    below the one it runs is never assigned (cancelling a rollout never asks devices to downgrade,
+    which they would refuse as a rollback), so such a model gets no target and keeps its version.
+    """
     best: Dict[str, RolloutPlan] = {}
     for plan in plans:
         if plan.state == CANCELLED or not is_member(plan, device_id, device_class):
+            continue
+        if _below_active(plan, installed):
             continue
         held = best.get(plan.model)
         if held is None or version_key(plan.version) > version_key(held.version):
             best[plan.model] = plan
     return [DeviceTarget(plan.image, _custom(plan)) for _, plan in sorted(best.items())]
+
+
+def _below_active(plan: RolloutPlan, installed: Optional[Mapping[str, Any]]) -> bool:
+    state = (installed or {}).get(plan.model)
+    active = state.get("active") if isinstance(state, dict) else None
+    if not isinstance(active, str) or not active.isdigit() or not active.isascii():
+        return False
+    return version_key(plan.version) < version_key(active)
 
 
 def _custom(plan: RolloutPlan) -> Dict[str, Any]:
@@ -115,11 +131,11 @@ def class_assignments(connection: Connection, device_class: str,
                       device_ids: Optional[Sequence[str]] = None) -> Dict[str, List[DeviceTarget]]:
     """Every device of the class (or only ``device_ids``) → its desired targets (empty list: none)."""
     plans = class_plans(connection, device_class)
-    query = select(Device.device_id).where(Device.device_class == device_class)
+    query = select(Device.device_id, Device.sync_state).where(Device.device_class == device_class)
     if device_ids is not None:
         query = query.where(Device.device_id.in_(list(device_ids)))
-    devices = [str(row[0]) for row in connection.execute(query)]
-    return {device_id: desired_targets(device_id, device_class, plans) for device_id in devices}
+    return {str(row.device_id): desired_targets(str(row.device_id), device_class, plans, row.sync_state)
+            for row in connection.execute(query)}
 
 
 def push_class(connection: Connection, settings: FleetSettings, device_class: str,

@@ -47,6 +47,17 @@ def test_desired_targets_take_the_highest_version_per_model_and_skip_cancelled()
     assert desired_targets("dev-1", NX, plans) == []
 
 
+def test_a_version_below_the_one_a_device_runs_is_never_assigned() -> None:
+    """After v11's rollout is cancelled, a device already on 11 is not asked to go back to 10 (a rollback)."""
+    plans = [_plan(1, 100, "10"), _plan(2, 100, "11", state=CANCELLED), _plan(3, 100, "1", model="other")]
+    on_11 = {"tiny": {"active": "11", "last_good": "10"}, "other": {"active": "1"}}
+    assert [t.image for t in desired_targets("dev-1", CPU, plans, on_11)] == ["other-1.tar"]
+    on_10 = {"tiny": {"active": "10", "last_good": None}}
+    assert [t.image for t in desired_targets("dev-1", CPU, plans, on_10)] == ["other-1.tar", "tiny-10.tar"]
+    assert [t.image for t in desired_targets("dev-1", CPU, plans, {"tiny": {"active": "x"}})] == [
+        "other-1.tar", "tiny-10.tar"]  # an unreadable report changes nothing
+
+
 def _assigned(ota: Ota, device_id: str) -> Dict[str, Any]:
     return {name: info.unrecognized_fields["custom"] for name, info in device_targets_of(ota.repo, device_id).items()}
 
