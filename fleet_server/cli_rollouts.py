@@ -197,7 +197,9 @@ def _rollout_line(rollout: Dict[str, Any]) -> str:
 
 def _device_line(device: Dict[str, Any]) -> str:
     report = device["report"]
-    said = f" last report {report['status']}: {report['reason']}" if report else ""
+    said = ""
+    if report:
+        said = f"; last report: {report['status']}" + (f": {report['reason']}" if report["reason"] else "")
     member = "member" if device["member"] else "not in it"
     return f"  {device['device_id']}: {member}, active {device['active'] or '-'}{said}"
 
