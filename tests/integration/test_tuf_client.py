@@ -8,11 +8,9 @@ and leave the device's trusted metadata byte-identical.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import hashlib
 import http.server
-import ipaddress
 import json
 import shutil
 import ssl
@@ -21,11 +19,13 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Dict, Iterator
 
 import pytest
 
 pytest.importorskip("tuf.ngclient")
+
+from tls_support import TestPki, write_test_pki
 
 from edge_runtime.fleet.errors import MetadataRefusedError, SyncError, TransportError, UnknownTargetError
 from edge_runtime.fleet.transport import tls_context
@@ -33,7 +33,6 @@ from edge_runtime.fleet.tuf_client import TlsFetcher, TufClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = Path(__file__).with_name("tuf_repo_tool.py")
-NOW = datetime.datetime.now(datetime.timezone.utc)
 CUSTOM = {"model": "tiny", "version": "2", "device_class": "xavier-nx", "fingerprint": {"gpu": "sm_72"}}
 DEVICE = "xavier-0001"
 
@@ -206,63 +205,20 @@ def test_oversize_timestamp(repo: Repo, served: str) -> None:
 
 # --- over HTTPS, trusting the CA bundle the settings name -------------------------------------------
 
-def _ca(name: str) -> Tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(days=1))
-            .not_valid_after(NOW + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     """PEM files: the server's certificate and key, the CA that signed it, and a CA that did not."""
     pytest.importorskip("cryptography")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca_key, ca = _ca("fleet test CA")
-    _, other = _ca("some other CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tuf test server")]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - datetime.timedelta(days=1)).not_valid_after(NOW + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    folder = tmp_path_factory.mktemp("pki")
-    files = {"cert": cert, "ca": ca, "other_ca": other}
-    paths = {name: folder / f"{name}.pem" for name in (*files, "key")}
-    for name, value in files.items():
-        paths[name].write_bytes(value.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    return paths
+    return write_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture()
-def served_tls(repo: Repo, pki: Dict[str, Path]) -> Iterator[str]:
+def served_tls(repo: Repo, pki: TestPki) -> Iterator[str]:
     """The repository over HTTPS on 127.0.0.1 with the test CA's certificate; yields its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(repo.dir))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(pki["cert"]), str(pki["key"]))
+    context.load_cert_chain(str(pki.cert), str(pki.key))
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -287,10 +243,10 @@ def _sync_client(repo: Repo, url: str, ca_bundle: Path) -> TufClient:
     return build_tuf_client(settings)
 
 
-def test_refresh_over_https_trusts_the_ca_bundle(repo: Repo, served_tls: str, pki: Dict[str, Path],
+def test_refresh_over_https_trusts_the_ca_bundle(repo: Repo, served_tls: str, pki: TestPki,
                                                  bundle_tar: Path) -> None:
     repo.publish(bundle_tar, DEVICE)
-    client = _sync_client(repo, served_tls, pki["ca"])
+    client = _sync_client(repo, served_tls, pki.ca)
     client.refresh()
     [target] = client.device_targets(DEVICE)
     client.close()
@@ -300,9 +256,9 @@ def test_refresh_over_https_trusts_the_ca_bundle(repo: Repo, served_tls: str, pk
 
 
 def test_a_ca_bundle_that_did_not_sign_the_server_is_a_transport_error(repo: Repo, served_tls: str,
-                                                                       pki: Dict[str, Path]) -> None:
+                                                                       pki: TestPki) -> None:
     before = repo.trusted()
-    client = _sync_client(repo, served_tls, pki["other_ca"])
+    client = _sync_client(repo, served_tls, pki.other_ca)
     with pytest.raises(TransportError) as caught:  # retried later: the metadata is not condemned
         client.refresh()
     client.close()

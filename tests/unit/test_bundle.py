@@ -142,6 +142,31 @@ def test_flipping_any_byte_of_any_file_is_refused(
             verify_bundle(bundle, trusted)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [lambda data: data + b"\n", lambda data: data + b"\n\n", lambda data: data.rstrip(b"\n")],
+    ids=["one-more-newline", "two-more-newlines", "newline-removed"],
+)
+def test_a_manifest_with_its_trailing_newlines_changed_is_refused(
+    bundle: Path, trusted: List[Any], edit: Callable[[bytes], bytes]
+) -> None:
+    # The signature covers the exact bytes: whitespace at the end is not "the same manifest".
+    path = bundle / "manifest.json"
+    original = path.read_bytes()
+    assert original.endswith(b"}\n")
+    path.write_bytes(edit(original))
+    with pytest.raises(SignatureError, match=r"manifest\.sig: the signature does not match manifest\.json"):
+        verify_bundle(bundle, trusted)
+
+
+@pytest.mark.parametrize(("signed", "checked"), [(b"content", b"content\n"), (b"content\n", b"content")])
+def test_the_signature_covers_the_exact_bytes(
+    private_key: Any, trusted: List[Any], signed: bytes, checked: bytes
+) -> None:
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_manifest_signature(checked, sign_manifest(signed, private_key), trusted)
+
+
 def test_wrong_key_is_not_trusted(bundle: Path, tmp_path: Path, private_key: Any) -> None:
     _, other_pub = generate_keypair(tmp_path / "other")
     signer = key_id(private_key.public_key())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -54,6 +55,7 @@ class FakeRuntime:
         self.calls: List[Tuple[str, str]] = []
         self.bodies: List[bytes] = []
         self.headers: List[Dict[str, str]] = []
+        self.timeouts: List[Optional[float]] = []  # each request's own timeout (None: the API's)
         self.infers = 0
 
     def __call__(self, runtime_url: str, headers: Optional[Mapping[str, str]] = None) -> FakeRuntime:
@@ -63,8 +65,10 @@ class FakeRuntime:
     def close(self) -> None:
         pass
 
-    def request(self, method: str, path: str, body: bytes = b"", headers: Optional[Mapping[str, str]] = None) -> Reply:
+    def request(self, method: str, path: str, body: bytes = b"", headers: Optional[Mapping[str, str]] = None,
+                timeout_s: Optional[float] = None) -> Reply:
         self.calls.append((method, path))
+        self.timeouts.append(timeout_s)
         self.bodies.append(body)
         self.headers.append({**self.default_headers, **(headers or {})})
         if path.endswith("/infer"):
@@ -175,12 +179,12 @@ def test_a_failed_promote_unloads(monkeypatch: pytest.MonkeyPatch, clock: Clock)
     runtime = FakeRuntime(clock)
     original = runtime.request
 
-    def refuse_promote(method: str, path: str, body: bytes = b"",
-                       headers: Optional[Mapping[str, str]] = None) -> Reply:
+    def refuse_promote(method: str, path: str, body: bytes = b"", headers: Optional[Mapping[str, str]] = None,
+                       timeout_s: Optional[float] = None) -> Reply:
         if path.endswith("/promote"):
             runtime.calls.append((method, path))
             return json_reply(500, {"error": "cannot record version 2 as active"})
-        return original(method, path, body, headers)
+        return original(method, path, body, headers, timeout_s)
 
     monkeypatch.setattr(runtime, "request", refuse_promote)
     result = gate(monkeypatch, runtime)
@@ -226,6 +230,63 @@ def test_probe_inputs_the_api_cannot_carry_fail_and_unload(monkeypatch: pytest.M
     assert not result.passed and runtime.acts() == ["stage", "unload"] and "\n" not in result.reason
 
 
+def test_the_stage_request_has_its_own_timeout(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    """Staging may build a TensorRT engine on the device (minutes): it waits stage_timeout_s, the rest do not."""
+    runtime = FakeRuntime(clock)
+    assert gate(monkeypatch, runtime, HealthGateSettings(probe_requests=2, stage_timeout_s=5400.0)).passed
+    timeouts = dict(zip([path for _, path in runtime.calls], runtime.timeouts))
+    assert timeouts[BASE + "/stage"] == 5400.0
+    assert {t for path, t in timeouts.items() if path != BASE + "/stage"} == {None}  # the API's own
+
+
+class _Answer:
+    """What http.client's getresponse gives, enough for RuntimeApi."""
+
+    def __init__(self, payload: Any) -> None:
+        self.status, self._data = 200, json.dumps(payload).encode()
+
+    def read(self) -> bytes:
+        return self._data
+
+    def getheaders(self) -> List[Tuple[str, str]]:
+        return [("Content-Type", "application/json")]
+
+
+class _SlowStageConnection:
+    """An HTTPConnection whose stage request times out (an engine still building); records socket timeouts."""
+
+    made: List[_SlowStageConnection] = []
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.timeout, self.sock = timeout, None
+        self.paths: List[str] = []
+        self.timeouts: List[float] = []  # the socket timeout of each request
+        _SlowStageConnection.made.append(self)
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: Optional[Mapping[str, str]] = None) -> None:
+        self.paths.append(path)
+        self.timeouts.append(self.timeout)
+
+    def getresponse(self) -> _Answer:
+        if self.paths[-1].endswith("/stage"):
+            raise socket.timeout("timed out")
+        return _Answer([{"name": "tiny", "version": "1", "state": "READY", "reason": ""}])
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_stage_past_stage_timeout_s_is_retried_later_not_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    _SlowStageConnection.made = []
+    monkeypatch.setattr(health_gate.http.client, "HTTPConnection", _SlowStageConnection)
+    result = run_gate("http://127.0.0.1:8000", "tiny", "2", HealthGateSettings(probe_requests=1, stage_timeout_s=90))
+    assert not result.passed and result.retry  # never judged: the next pass stages it again (the engine cached)
+    assert "did not answer the stage request within health_gate.stage_timeout_s (90 s)" in result.reason
+    assert "\n" not in result.reason
+    sent = [(path, timeout) for c in _SlowStageConnection.made for path, timeout in zip(c.paths, c.timeouts)]
+    assert sent == [("/v2/repository/index", 600.0), (BASE + "/stage", 90)]  # no promote, no unload
+
+
 def test_runtime_api_refuses_other_schemes() -> None:
     with pytest.raises(RuntimeApiError, match="expected http://host:port"):
         health_gate.RuntimeApi("https://127.0.0.1:8000")
@@ -243,6 +304,9 @@ def test_health_gate_defaults_and_values() -> None:
     config = device_config_from_mapping({**DEVICE, "health_gate": {"probe_requests": 50, "max_p99_ms": 20,
                                                                    "max_failures": 1, "accuracy_min": 0.95}}, "d")
     assert config.health_gate == HealthGateSettings(50, 20.0, 1, 0.95)
+    assert HealthGateSettings().stage_timeout_s == 3600.0  # room for an engine build on a Jetson
+    timed = device_config_from_mapping({**DEVICE, "health_gate": {"stage_timeout_s": 7200}}, "d")
+    assert timed.health_gate.stage_timeout_s == 7200
 
 
 @pytest.mark.parametrize("block, message", [
@@ -252,6 +316,8 @@ def test_health_gate_defaults_and_values() -> None:
     ({"max_p99_ms": 0}, "health_gate.max_p99_ms"),
     ({"max_p99_ms": float("nan")}, "health_gate.max_p99_ms"),
     ({"accuracy_min": 1.5}, "health_gate.accuracy_min"),
+    ({"stage_timeout_s": 0}, "health_gate.stage_timeout_s"),
+    ({"stage_timeout_s": float("inf")}, "health_gate.stage_timeout_s"),
     ({"probe_count": 3}, "probe_count"),
 ])
 def test_health_gate_validation(block: Dict[str, Any], message: str) -> None:

@@ -253,6 +253,13 @@ CASES: List[Any] = [
     case("binary-byte-size-mismatch", infer(400, "binary_data_size is 60 but the shape and datatype need 64 bytes",
                                             *binary(fake_request(fp32_input(data=None, parameters={
                                                 "binary_data_size": 60})), FLOATS[:60]))),
+    # One byte off, with a binary section of that size: numpy cannot view 63 or 65 bytes as FP32 (a 500 if unchecked)
+    case("binary-data-size-one-byte-short", infer(400, "binary_data_size is 63 but the shape and datatype need 64",
+                                                  *binary(fake_request(fp32_input(data=None, parameters={
+                                                      "binary_data_size": 63})), FLOATS[:63]))),
+    case("binary-data-size-one-byte-long", infer(400, "binary_data_size is 65 but the shape and datatype need 64",
+                                                 *binary(fake_request(fp32_input(data=None, parameters={
+                                                     "binary_data_size": 65})), FLOATS + b"\0"))),
     case("binary-data-size-negative", infer(400, "binary_data_size: expected an integer >= 0, got -64",
                                             fake_request(fp32_input(data=None, parameters={
                                                 "binary_data_size": -64})))),
