@@ -22,7 +22,8 @@ from edge_runtime.fleet.install import InstalledVersion, install_bundle
 from edge_runtime.fleet.sync import DownloadFn, GateFn, InstallFn, SyncOutcome, sync_once
 from edge_runtime.fleet.sync_config import SyncSettings, runtime_headers
 from edge_runtime.fleet.transport import tls_context
-from edge_runtime.fleet.tuf_client import TlsFetcher, TufClient, TufTarget
+from edge_runtime.fleet.tuf_client import TufClient, TufTarget
+from edge_runtime.fleet.tuf_fetcher import TlsFetcher
 
 # (settings, device) -> the gate; replaced by tests that run the real CLI with a fake gate.
 GateFactory = Callable[[SyncSettings, DeviceConfig], GateFn]

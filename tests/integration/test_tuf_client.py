@@ -29,7 +29,8 @@ from tls_support import TestPki, write_test_pki
 
 from edge_runtime.fleet.errors import MetadataRefusedError, SyncError, TransportError, UnknownTargetError
 from edge_runtime.fleet.transport import tls_context
-from edge_runtime.fleet.tuf_client import TlsFetcher, TufClient
+from edge_runtime.fleet.tuf_client import TufClient
+from edge_runtime.fleet.tuf_fetcher import TlsFetcher
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = Path(__file__).with_name("tuf_repo_tool.py")

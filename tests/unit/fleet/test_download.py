@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Tuple
 
 import pytest
+from tls_support import TestPki, write_test_pki
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.fleet import download as download_module
@@ -308,45 +309,33 @@ def test_an_unusable_target_is_refused(server: FileServer, dest: Path, length: i
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path, Path, Path]:
-    """(server certificate, its key, the CA that signed it, an unrelated CA) as PEM files."""
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """The server's certificate and key, the CA that signed it, an unrelated CA, as PEM files."""
     pytest.importorskip("cryptography")
-    from cryptography.hazmat.primitives import serialization
-    from test_agent_tls import make_ca, make_server_cert, pem  # the agent TLS test's certificate builders
-
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key, ca = make_ca("file server test CA")
-    server_key, server_cert = make_server_cert(ca_key, ca)
-    paths = (folder / "server.pem", folder / "server.key", folder / "ca.pem", folder / "other-ca.pem")
-    paths[0].write_bytes(pem(server_cert))
-    paths[1].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
-    paths[2].write_bytes(pem(ca))
-    paths[3].write_bytes(pem(make_ca("some other CA")[1]))
-    return paths
+    return write_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture()
-def tls_server(server: FileServer, pki: Tuple[Path, Path, Path, Path]) -> FileServer:
+def tls_server(server: FileServer, pki: TestPki) -> FileServer:
     """The same file server behind TLS, with a certificate from the test CA."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(pki[0]), str(pki[1]))
+    context.load_cert_chain(str(pki.cert), str(pki.key))
     server.socket = context.wrap_socket(server.socket, server_side=True)
     return server
 
 
-def test_https_checked_against_the_ca_bundle(tls_server: FileServer, pki: Tuple[Path, Path, Path, Path],
+def test_https_checked_against_the_ca_bundle(tls_server: FileServer, pki: TestPki,
                                              dest: Path) -> None:
     url = tls_server.url.replace("http://", "https://")
-    opener = HttpOpener(ssl.create_default_context(cafile=str(pki[2])), timeout_s=10)
+    opener = HttpOpener(ssl.create_default_context(cafile=str(pki.ca)), timeout_s=10)
     download(url, dest, len(DATA), SHA, opener=opener, reserve_bytes=NO_RESERVE)
     assert dest.read_bytes() == DATA
 
 
 def test_https_from_a_server_the_ca_bundle_did_not_sign_is_refused(
-        tls_server: FileServer, pki: Tuple[Path, Path, Path, Path], dest: Path) -> None:
+        tls_server: FileServer, pki: TestPki, dest: Path) -> None:
     url = tls_server.url.replace("http://", "https://")
-    opener = HttpOpener(ssl.create_default_context(cafile=str(pki[3])), timeout_s=10)
+    opener = HttpOpener(ssl.create_default_context(cafile=str(pki.other_ca)), timeout_s=10)
     with pytest.raises(TransportError, match="certificate did not verify"):
         download(url, dest, len(DATA), SHA, opener=opener, reserve_bytes=NO_RESERVE)
     assert tls_server.ranges == [] and not dest.exists()
