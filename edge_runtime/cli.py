@@ -15,7 +15,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, TextIO
+from typing import Callable, Dict, List, NamedTuple, Optional, TextIO
 
 # On Python 3.8 (JetPack 5) cryptography warns at import that its 3.8 support is deprecated: two
 # lines on stderr on every run, where a user's error is one line. Only that warning, and only in the
@@ -31,26 +31,18 @@ warnings.filterwarnings(
 from edge_runtime.bundle.manifest import Manifest, TargetInfo  # noqa: E402  (after the filter above)
 from edge_runtime.bundle.signing import generate_keypair, key_id, load_public_key  # noqa: E402
 from edge_runtime.bundle.verify import verify_bundle  # noqa: E402
+from edge_runtime.command_line import Handler, run_command  # noqa: E402
 from edge_runtime.errors import ConfigError, EdgeRuntimeError  # noqa: E402
-
-if TYPE_CHECKING:
-    from edge_runtime.fleet.sync import SyncOutcome
-    from edge_runtime.fleet.sync_config import SyncSettings
+from edge_runtime.fleet.commands import FLEET_COMMANDS  # noqa: E402
 
 PROG = "edge-runtime"
 
-Handler = Callable[[argparse.Namespace, TextIO], int]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one subcommand; return the process exit status."""
     args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
-    try:
-        return handler(args, sys.stdout)
-    except EdgeRuntimeError as exc:
-        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
-        return 1
+    return run_command(PROG, args.handler, args, sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_arguments, handler, help_text) in _COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
+        sub.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
         sub.set_defaults(handler=handler)
     return parser
 
@@ -158,72 +151,6 @@ def _backend_facts(config: Optional[Path]) -> Dict[str, Optional[str]]:
     return facts
 
 
-# --- agent --------------------------------------------------------------------------------
-
-
-def _agent_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="agent settings YAML")
-
-
-def _agent(args: argparse.Namespace, out: TextIO) -> int:
-    import logging
-
-    from edge_runtime.fleet import agent
-    from edge_runtime.fleet.agent_config import load_agent_settings
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return agent.run(load_agent_settings(args.config))
-
-
-# --- sync ---------------------------------------------------------------------------------
-
-
-def _sync_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--once", action="store_true", required=True,
-                        help="one pass: refresh the TUF metadata, take each newer bundle for this device through "
-                             "download, install and health gate, then exit")
-    parser.add_argument("--config", required=True, type=Path, metavar="FILE",
-                        help="agent settings YAML with a 'sync' block")
-
-
-def _sync(args: argparse.Namespace, out: TextIO) -> int:
-    import logging
-
-    from edge_runtime.fleet import sync_pass
-    from edge_runtime.fleet.sync import PROMOTED
-    from edge_runtime.fleet.sync_config import load_sync_settings
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_sync_settings(args.config)
-    outcomes = sync_pass.run_once(settings)
-    _report_pass(args.config, settings, outcomes)
-    for outcome in outcomes:
-        print(outcome.line(), file=out)
-    bad = [o for o in outcomes if o.status != PROMOTED]
-    if bad:
-        print(f"{PROG}: error: {len(bad)} of {len(outcomes)} update(s) not promoted; first: {bad[0].line()}",
-              file=sys.stderr)
-        return 1
-    if not outcomes:
-        print("up to date: no newer bundle for this device", file=out)
-    return 0
-
-
-def _report_pass(config: Path, settings: SyncSettings, outcomes: List[SyncOutcome]) -> None:
-    """Queue the pass's sync reports and send the queue once (kept when the server is down or not configured)."""
-    import logging
-
-    from edge_runtime.fleet.agent_config import load_agent_settings
-    from edge_runtime.fleet.sync_loop import report_once
-
-    try:
-        agent = load_agent_settings(config)
-    except ConfigError as exc:  # a sync-only file: the reports wait for an agent that can send them
-        logging.getLogger(__name__).warning("sync reports queued, not sent: %s", exc)
-        agent = None
-    report_once(agent, settings, outcomes)
-
-
 # --- check ----------------------------------------------------------------------------------
 
 
@@ -312,10 +239,6 @@ def _activate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _one_line(message: str) -> str:
-    return " ".join(message.splitlines())
-
-
 class _Command(NamedTuple):
     add_arguments: Callable[[argparse.ArgumentParser], None]
     handler: Handler
@@ -328,10 +251,7 @@ _COMMANDS: Dict[str, _Command] = {
     "serve": _Command(_serve_arguments, _serve, "serve a model repository over the KServe v2 HTTP API"),
     "info": _Command(_info_arguments, _info, "print the host fingerprint (platform, Jetson model, L4T, CUDA, ...)"),
     "activate": _Command(_activate_arguments, _activate, "make a model version the active one (the version served)"),
-    "agent": _Command(_agent_arguments, _agent, "upload the telemetry spool to the central fleet server (the agent "
-                                                "process)"),
-    "sync": _Command(_sync_arguments, _sync, "pull, verify, install and health-gate newer bundles for this device "
-                                             "(--once: one pass)"),
+    **{name: _Command(*command) for name, command in FLEET_COMMANDS.items()},
 }
 
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, TextIO, Tuple, TypeVar
 
-from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.command_line import Handler, run_command
+from edge_runtime.errors import ConfigError
 from fleet_server.cli_rollouts import COMMANDS as OTA_COMMANDS
 
 if TYPE_CHECKING:
@@ -31,26 +32,12 @@ if TYPE_CHECKING:
 
 PROG = "edge-fleet"
 T = TypeVar("T")
-Handler = Callable[[argparse.Namespace, TextIO], int]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one subcommand; return the process exit status."""
     args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
-    try:
-        return handler(args, sys.stdout)
-    except EdgeRuntimeError as exc:
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"{PROG}: error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-              "(--debug shows the traceback)", file=sys.stderr)
-        return 1
+    return run_command(PROG, args.handler, args, sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:
