@@ -109,6 +109,10 @@ class HealthGateSettings:
     max_failures: int = 0  # probes that may fail (an error status or a non-finite output)
     # Fraction of the bundle's probe set whose outputs must match the expected ones; None: no check.
     accuracy_min: Optional[float] = None
+    # How long the stage request may take: the runtime loads the version and, on TensorRT with no
+    # engine for this device in the bundle, builds one first (tens of minutes for a large model or
+    # INT8 on a Xavier). Past it the gate gives up for this pass and the next pass tries again.
+    stage_timeout_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,9 @@ def _check_health_gate(src: str, gate: HealthGateSettings) -> None:
     if not gate.max_p99_ms > 0 or gate.max_p99_ms == float("inf"):
         raise ConfigError(f"{src}: health_gate.max_p99_ms: expected a positive number of milliseconds, "
                           f"got {gate.max_p99_ms!r}")
+    if not gate.stage_timeout_s > 0 or gate.stage_timeout_s == float("inf"):
+        raise ConfigError(f"{src}: health_gate.stage_timeout_s: expected a positive number of seconds, "
+                          f"got {gate.stage_timeout_s!r}")
     if gate.accuracy_min is not None and not 0.0 <= gate.accuracy_min <= 1.0:
         raise ConfigError(f"{src}: health_gate.accuracy_min: expected a fraction in 0..1, "
                           f"got {gate.accuracy_min!r}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -91,12 +92,16 @@ class RuntimeApi:
             self._connection.close()
             self._connection = None
 
-    def request(self, method: str, path: str, body: bytes = b"",
-                headers: Optional[Mapping[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
-        """One exchange: status, headers (lower-case), body; RuntimeApiError when there is no answer."""
+    def request(self, method: str, path: str, body: bytes = b"", headers: Optional[Mapping[str, str]] = None,
+                timeout_s: Optional[float] = None) -> Tuple[int, Dict[str, str], bytes]:
+        """One exchange: status, headers (lower-case), body; RuntimeApiError when there is no answer.
+
+        ``timeout_s``: this request's socket timeout (None: the API's), e.g. a stage that builds an engine.
+        """
         for attempt in (1, 2):  # a kept-alive connection the server closed: retry once on a new one
             if self._connection is None:
                 self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+            self._set_timeout(self._connection, timeout_s or self._timeout_s)
             try:
                 self._connection.request(method, path, body=body, headers={**self._headers, **(headers or {})})
                 reply = self._connection.getresponse()
@@ -109,10 +114,18 @@ class RuntimeApi:
                                           f"{self._host}:{self._port} ({type(exc).__name__}: {exc})") from exc
         raise AssertionError("unreachable")
 
-    def call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None) -> Any:
+    @staticmethod
+    def _set_timeout(connection: http.client.HTTPConnection, seconds: float) -> None:
+        """The socket timeout of the next exchange (at connect, and on a kept-alive socket)."""
+        connection.timeout = seconds
+        if connection.sock is not None:
+            connection.sock.settimeout(seconds)
+
+    def call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None,
+             timeout_s: Optional[float] = None) -> Any:
         """A JSON request whose answer must be 200; otherwise RuntimeApiError with the runtime's error."""
         body = b"" if payload is None else json.dumps(payload).encode()
-        status, _, data = self.request(method, path, body, {"Content-Type": "application/json"})
+        status, _, data = self.request(method, path, body, {"Content-Type": "application/json"}, timeout_s)
         if status != 200:
             raise RuntimeApiError(f"{method} {path}: {status} {_error_text(data)}")
         try:
@@ -150,8 +163,12 @@ def _gate(api: RuntimeApi, model: str, version: str, settings: HealthGateSetting
     where = f"{model} version {version}"
     try:
         _refuse_active(api, model, version)
-        api.call("POST", base + "/stage", {})
+        api.call("POST", base + "/stage", {}, timeout_s=settings.stage_timeout_s)
     except RuntimeApiError as exc:
+        if isinstance(exc.__cause__, socket.timeout):  # still loading, or building an engine: not judged
+            return GateResult(False, f"{where}: not staged: the runtime did not answer the stage request within "
+                                     f"health_gate.stage_timeout_s ({settings.stage_timeout_s:g} s); an engine "
+                                     "build may still be running: the next pass tries again", retry=True)
         return GateResult(False, f"{where}: not staged: {exc}", retry=isinstance(exc, RuntimeUnreachableError))
     try:
         inputs = list(probe_inputs) if probe_inputs else [_zeros(api, model, version)]
