@@ -140,6 +140,8 @@
       const devices = await api("/api/v1/devices");
       state.devices = Array.isArray(devices) ? devices : [];
       renderDevices();
+      const rollouts = await api("/api/v1/rollouts");
+      renderRollouts(Array.isArray(rollouts) ? rollouts : []);
       setStatus("Updated " + new Date().toLocaleTimeString());
       showMessage("");
       if (state.selected !== null) await loadHistory();
@@ -188,6 +190,30 @@
     row.append(el("td", num(device.mem_available_mb, 0), "num"));
     row.append(el("td", device.dropped === undefined ? "–" : device.dropped, "num"));
     row.addEventListener("click", () => select(device.device_id));
+    return row;
+  }
+
+  // ---- rollouts -------------------------------------------------------------------------------
+
+  function renderRollouts(rollouts) {
+    const paused = rollouts.filter((r) => r.state === "paused").length;
+    $("rollout-count").textContent = "(" + rollouts.length + ", " + paused + " paused)";
+    const body = document.querySelector("#rollouts tbody");
+    body.replaceChildren(...rollouts.slice(0, MAX_ROWS).map(rolloutRow));
+  }
+
+  function rolloutRow(rollout) {
+    const row = el("tr");
+    row.dataset.rolloutId = rollout.id;
+    row.append(el("td", rollout.id, "num"));
+    row.append(el("td", rollout.model + " v" + rollout.version));
+    row.append(el("td", rollout.device_class));
+    row.append(el("td", (rollout.canary || []).join(", ") || "–"));
+    row.append(el("td", rollout.percent + " %", "num"));
+    const stateCell = el("td");
+    stateCell.append(el("span", rollout.state, "badge " + rollout.state));
+    row.append(stateCell);
+    row.append(el("td", rollout.pause_reason || "–", "reason"));
     return row;
   }
 

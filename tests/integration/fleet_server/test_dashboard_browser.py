@@ -69,6 +69,17 @@ def _stub_devices(now: float, extra: int) -> List[Dict[str, Any]]:
     return devices
 
 
+def _stub_rollouts() -> List[Dict[str, Any]]:
+    """A paused rollout (its reason is a device's text: shown as text) and an active canary."""
+    base = {"bundle_id": 1, "target": "digits-2.tar", "created": 0.0, "updated": 0.0}
+    return [
+        {**base, "id": 2, "model": "digits", "version": "3", "device_class": "xavier-nx", "canary": [],
+         "percent": 100, "state": "paused", "pause_reason": f"xavier-0001: gate_failed: {HOSTILE_ID}"},
+        {**base, "id": 1, "model": "digits", "version": "2", "device_class": "xavier-nx", "canary": ["xavier-0001"],
+         "percent": 10, "state": "active", "pause_reason": None},
+    ]
+
+
 def _stub_history(device_id: str, since: float, until: float) -> Dict[str, Any]:
     points = []
     for i in range(60):
@@ -102,6 +113,10 @@ def _stub_app(extra_devices: int = 0) -> Flask:
     @app.get("/api/v1/devices")
     def devices() -> Response:
         return jsonify(_stub_devices(time.time(), extra_devices))
+
+    @app.get("/api/v1/rollouts")
+    def rollouts() -> Response:
+        return jsonify(_stub_rollouts())
 
     @app.get("/api/v1/devices/<device_id>/history")
     def history(device_id: str) -> Response:
@@ -362,6 +377,12 @@ def test_dashboard_against_stub_shows_hostile_and_missing_figures(browser: Brows
     assert hostile.locator("td").first.inner_text() == HOSTILE_ID
     hostile.click()
     assert page.locator("#facts dd").inner_text() == "<b>x</b>"
+    rollouts = page.locator("#rollouts tbody tr")
+    assert rollouts.count() == 2 and "(2, 1 paused)" in page.locator("#rollout-count").inner_text()
+    paused = rollouts.first.locator("td")
+    assert paused.nth(5).inner_text() == "paused"
+    assert paused.nth(6).inner_text() == f"xavier-0001: gate_failed: {HOSTILE_ID}"
+    assert rollouts.nth(1).locator("td").nth(3).inner_text() == "xavier-0001"
     assert page.evaluate("window.__injected") is None
     assert browser.errors == []
 
