@@ -7,7 +7,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -161,6 +161,37 @@ def test_publish_into_empty_place(tmp_path: Path, synced: List[str]) -> None:
     assert _tree(dest) == {"model.onnx": b"m", "engines/x.plan": b"p"}
     assert os.listdir(tmp_path) == ["bundle"]
     assert synced[-1] == str(tmp_path)  # the rename itself was flushed
+
+
+@pytest.mark.parametrize("replacing", [False, True])
+def test_publish_flushes_every_staged_file_and_folder_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replacing: bool
+) -> None:
+    """A power cut right after the rename must not leave a published tree whose files are not on disk."""
+    dest = tmp_path / "bundle"
+    if replacing:
+        dest.mkdir()
+        (dest / "model.onnx").write_bytes(b"old")
+    staging = _staged(dest, {"model.onnx": b"m", "engines/x.plan": b"p", "engines/int8/c.cache": b"c"})
+    staged = {str(staging), *(str(path) for path in staging.rglob("*"))}
+    events: List[Tuple[str, str]] = []  # ("fsync", path) and ("rename", source) in call order
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(source: Any, target: Any) -> None:
+        events.append(("rename", str(source)))
+        real_rename(source, target)
+
+    monkeypatch.setattr(atomic_io.os, "fsync", fsync)
+    monkeypatch.setattr(atomic_io.os, "rename", rename)
+    publish_dir(staging, dest, overwrite=replacing)
+    published = events.index(("rename", str(staging)))
+    flushed_before = {path for kind, path in events[:published] if kind == "fsync"}
+    assert staged <= flushed_before, sorted(staged - flushed_before)
+    assert ("fsync", str(tmp_path)) in events[published:]  # and the rename itself is flushed after it
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

@@ -106,3 +106,50 @@ def test_an_error_in_ort_quantization_is_one_line(tmp_path: Path, monkeypatch: p
     with pytest.raises(ExportError, match="INT8 quantization failed") as error:
         quantize_int8(model, tmp_path / "q.onnx", tmp_path / "c.json", wrong, _settings(), progress=False)
     assert "\n" not in str(error.value)
+
+
+# --- per-channel weights: one scale per output channel ----------------------------------------
+
+OUT_CHANNELS, IN_CHANNELS, CLASSES = 6, 3, 5
+
+
+def _conv_gemm(path: Path) -> Path:
+    """x [batch, 3, 8, 8] -> Conv (6 output channels) -> Flatten -> Gemm (5 outputs, weight [5, 384] transposed)."""
+    rng = np.random.default_rng(2)
+    conv_w = rng.standard_normal((OUT_CHANNELS, IN_CHANNELS, 3, 3))
+    gemm_w = rng.standard_normal((CLASSES, OUT_CHANNELS * 64))
+    inits = [numpy_helper.from_array(conv_w.astype(np.float32), "conv_w"),
+             numpy_helper.from_array(np.zeros(OUT_CHANNELS, np.float32), "conv_b"),
+             numpy_helper.from_array(gemm_w.astype(np.float32), "gemm_w")]
+    nodes = [helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "gemm_w"], ["y"], name="gemm", transB=1)]
+    return _save(path, nodes, [_vi("x", TensorProto.FLOAT, ["batch", IN_CHANNELS, 8, 8])],
+                 [_vi("y", TensorProto.FLOAT, ["batch", CLASSES])], inits)
+
+
+def _weight_scale_shapes(path: Path) -> dict:
+    """{node name: shape of the scale of the DequantizeLinear that feeds its weight (input 1)}."""
+    model = onnx.load(str(path))
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    shapes = {}
+    for node in model.graph.node:
+        if node.name in ("conv", "gemm"):
+            dequantize = producers[node.input[1]]
+            assert dequantize.op_type == "DequantizeLinear", (node.name, dequantize.op_type)
+            shapes[node.name] = inits[dequantize.input[1]].shape
+    return shapes
+
+
+@pytest.mark.parametrize("scheme", ["u8s8-qdq", "s8s8-qdq"])
+def test_per_channel_weights_have_one_scale_per_output_channel(tmp_path: Path, scheme: str) -> None:
+    model = _conv_gemm(tmp_path / "convnet.onnx")
+    samples = SampleSet.from_batched({"x": np.random.default_rng(3).standard_normal((4, IN_CHANNELS, 8, 8))
+                                      .astype(np.float32)})
+    quantize_int8(model, tmp_path / "pc.onnx", tmp_path / "pc.json", samples,
+                  QuantizationSettings(scheme=scheme, per_channel=True), progress=False)
+    assert _weight_scale_shapes(tmp_path / "pc.onnx") == {"conv": (OUT_CHANNELS,), "gemm": (CLASSES,)}
+    quantize_int8(model, tmp_path / "pt.onnx", tmp_path / "pt.json", samples,
+                  QuantizationSettings(scheme=scheme, per_channel=False), progress=False)
+    assert _weight_scale_shapes(tmp_path / "pt.onnx") == {"conv": (), "gemm": ()}

@@ -406,6 +406,11 @@ CASES: List[Any] = [
                                                              body={"parameters": "x"})),
     case("repository-index-malformed", BadRequest("POST", "/v2/repository/index", 400, "malformed JSON",
                                                   body=b'{"ready": tru')),
+    # JSON whitespace is space, tab, CR, LF only: a vertical tab or form feed is not an empty body (was 200)
+    case("repository-index-vertical-tab", BadRequest("POST", "/v2/repository/index", 400, "malformed JSON",
+                                                     body=b"\x0b")),
+    case("shm-register-form-feed", BadRequest("POST", "/v2/systemsharedmemory/region/r/register", 400,
+                                              "malformed JSON", body=b"\x0c")),
     case("repository-index-depth-1000", BadRequest("POST", "/v2/repository/index", 400, "deeper than 64 levels",
                                                    body=('{"ready":' + nested(1000) + "}").encode())),
 ]
@@ -462,6 +467,7 @@ VALID = [
     pytest.param(("POST", FAKE_INFER, fake_request(shm_input(**SHM_OK)), {}), id="shm-fake"),
     pytest.param(("POST", "/v2/repository/models/fake/load", {"parameters": {}}, {}), id="repository-load"),
     pytest.param(("POST", "/v2/repository/index", b"", {}), id="repository-index"),
+    pytest.param(("POST", "/v2/repository/index", b" \t\r\n", {}), id="repository-index-json-whitespace"),
     pytest.param(("GET", "/v2/cudasharedmemory/status", b"", {}), id="cuda-shm-status"),
     pytest.param(("POST", "/v2/cudasharedmemory/unregister", b"", {}), id="cuda-shm-unregister-all"),
     pytest.param(("POST", "/v2/cudasharedmemory/region/r1/unregister", b"", {}), id="cuda-shm-unregister-one"),

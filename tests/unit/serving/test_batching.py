@@ -12,6 +12,7 @@ import pytest
 
 from edge_runtime.backends.fake import FakeBackend
 from edge_runtime.bundle.manifest import TensorSpec
+from edge_runtime.config import BatchingSettings
 from edge_runtime.errors import (
     InferenceError,
     ModelNotReadyError,
@@ -19,6 +20,7 @@ from edge_runtime.errors import (
     RequestError,
     RequestTimeoutError,
 )
+from edge_runtime.serving.batcher import PendingRequest, RequestQueue
 from edge_runtime.serving.model import ServedModel
 
 
@@ -145,3 +147,46 @@ def test_a_backend_factory_that_raises_fails_the_load_instead_of_hanging(device_
     with pytest.raises(ConfigError, match="unknown backend 'no-such-backend'"):
         model.start(timeout_s=5.0)  # the old worker died before resolving `ready`: a 5 s TimeoutError
     assert not model.ready
+
+
+# --- requests of several samples: a batch never goes past max_batch_size ----------------------
+
+
+def _queue(max_batch_size: int = 8) -> RequestQueue:
+    queue = RequestQueue(BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=1000))
+    queue.set_max_batch_size(max_batch_size)
+    return queue
+
+
+def _batches(queue: RequestQueue, samples: List[int]) -> List[List[int]]:
+    """Queue requests of ``samples`` samples each, then the sample counts of the batches taken."""
+    for count in samples:
+        queue.put(PendingRequest(_x(count), count))
+    queue.close()
+    taken = []
+    batch = queue.take_batch()
+    while batch is not None:
+        taken.append([item.batch for item in batch])
+        batch = queue.take_batch()
+    return taken
+
+
+def test_two_queued_five_sample_requests_are_not_merged_under_max_batch_8() -> None:
+    assert _batches(_queue(8), [5, 5]) == [[5], [5]]
+
+
+def test_a_request_that_fits_joins_the_batch_past_one_that_does_not() -> None:
+    assert _batches(_queue(8), [5, 5, 3]) == [[5, 3], [5]]
+    assert _batches(_queue(8), [4, 4, 4]) == [[4, 4], [4]]
+
+
+def test_two_concurrent_five_sample_requests_under_max_batch_8_both_succeed(
+    serve: Callable[..., ServedModel],
+) -> None:
+    backend = FakeBackend(delay_s=0.05)
+    model = serve(backend, batching={"max_batch_size": 8, "max_queue_delay_us": 20000})
+    results = _concurrently(model, [_x(5, value=1.0), _x(5, value=2.0)])
+    for value, result in zip((1.0, 2.0), results):
+        assert isinstance(result, dict), result
+        np.testing.assert_array_equal(result["OUTPUT0"], np.full((5, 16), 2.0 * value + 1.0, np.float32))
+    assert max(backend.batch_sizes) <= 8
