@@ -149,6 +149,7 @@ def _select(targets: List[TufTarget], device: DeviceConfig, repository: Path, no
     """The highest version per model above its active one, among the device's targets not refused before."""
     best: Dict[str, _Wanted] = {}
     refused: List[SyncOutcome] = []
+    newest = _newest_listed(targets)
     for target in sorted(targets, key=lambda t: t.name):
         name, custom = target.name, target.custom
         model, version = custom.get("model"), custom.get("version")
@@ -158,7 +159,9 @@ def _select(targets: List[TufTarget], device: DeviceConfig, repository: Path, no
             continue
         problem = _custom_problem(name, model, version) or _class_problem(name, custom, device)
         floor = _floor(repository / model) if not problem and isinstance(model, str) else None
-        if not problem and floor is not None and version_key(str(version)) < version_key(floor):
+        # Only the model's newest listed version can be a rollback: older ones beside it are history.
+        if not problem and floor is not None and version_key(str(version)) < version_key(floor) \
+                and newest.get(str(model)) == version:
             problem = f"TUF target '{name}': version {version} is older than the active version {floor} " \
                       "(rollback refused)"
         if problem:
@@ -173,6 +176,17 @@ def _select(targets: List[TufTarget], device: DeviceConfig, repository: Path, no
         if model not in best or version_key(version) > version_key(best[model].version):
             best[model] = _Wanted(model, version, target)
     return [best[model] for model in sorted(best)], refused
+
+
+def _newest_listed(targets: List[TufTarget]) -> Dict[str, str]:
+    """Per model, the highest version the director lists for this device (well-formed targets only)."""
+    newest: Dict[str, str] = {}
+    for target in targets:
+        model, version = target.custom.get("model"), target.custom.get("version")
+        if isinstance(model, str) and isinstance(version, str) and is_version_name(version):
+            if model not in newest or version_key(version) > version_key(newest[model]):
+                newest[model] = version
+    return newest
 
 
 def _custom_problem(name: str, model: object, version: object) -> str:

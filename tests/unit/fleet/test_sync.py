@@ -151,7 +151,9 @@ def test_newer_target_goes_through_every_step_in_order(settings: SyncSettings, d
 def test_the_active_version_is_up_to_date_and_an_older_one_is_a_refused_rollback(
         settings: SyncSettings, device: DeviceConfig) -> None:
     steps = Steps()
-    tuf = FakeTuf([target("tiny", "1"), target("other", "2", rollout_id=7), target("other", "3")])
+    history = FakeTuf([target("tiny", "1"), target("other", "2"), target("other", "3")])
+    assert run(settings, device, history, steps) == []  # 3 is active and listed: 2 beside it is history
+    tuf = FakeTuf([target("tiny", "1"), target("other", "2", rollout_id=7)])
     outcomes = run(settings, device, tuf, steps)
     assert [(o.target, o.status, o.rollout_id) for o in outcomes] == [("other-2.tar", REFUSED, 7)]
     assert outcomes[0].reason == ("TUF target 'other-2.tar': version 2 is older than the active version 3 "
