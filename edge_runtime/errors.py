@@ -28,6 +28,7 @@ so that the cause is kept for logs but never shown to a client as a traceback.
     │   └── UnrepresentableOutputError (422)  a JSON output holding an infinity: ask for binary
     ├── ModelNotFoundError (404)          unknown model or version
     ├── ModelNotReadyError (503)          known but not (yet / any more) serving
+    ├── NotStagedError (409)              a promote of a version that is not staged and ready
     ├── QueueFullError (503)              the model's bounded queue is full: retry later
     ├── RequestTimeoutError (504)         the request waited longer than its deadline
     └── OutputError (400)                 a file or directory cannot be written (atomic_io)
@@ -165,6 +166,12 @@ class ModelNotReadyError(EdgeRuntimeError):
     """The model is known but not serving (loading, unloading, failed)."""
 
     http_status = 503
+
+
+class NotStagedError(EdgeRuntimeError):
+    """A promote of a version that is not staged and ready: the client's acts are out of order (409, not 503)."""
+
+    http_status = 409
 
 
 class QueueFullError(EdgeRuntimeError):

@@ -11,17 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, TextIO, Tuple
 
 from edge_runtime.command_line import Handler
-from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.errors import ConfigError
+from edge_runtime.fleet.errors import UpdatesNotPromotedError
 
 if TYPE_CHECKING:
     from edge_runtime.fleet.sync import SyncOutcome
     from edge_runtime.fleet.sync_config import SyncSettings
 
-
-class UpdatesNotPromotedError(EdgeRuntimeError):
-    """``sync --once`` ended with at least one target not promoted (each outcome is printed above)."""
-
-    http_status = 409
 
 def _agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="agent settings YAML")

@@ -2,6 +2,9 @@
 
     EdgeRuntimeError
     ├── TransportError (502)            the central server could not be reached, or its TLS identity did not verify
+    ├── RuntimeApiError (502)           the health gate's call to the runtime's API failed (an error answer)
+    │   └── RuntimeUnreachableError (503)  no answer at all: the version was never judged (retried)
+    ├── UpdatesNotPromotedError (409)   `sync --once` ended with a target not promoted (each printed above)
     └── SyncError (422)                 the sync agent refused a bundle or its metadata; nothing was changed
         ├── UnsafeArchiveError (422)    unreadable, truncated or over-cap tar; a member a bundle cannot hold
         ├── BundleRefusedError (422)    signature, trusted key, a file's hash, an unlisted file
@@ -25,6 +28,24 @@ class TransportError(EdgeRuntimeError):
     """No HTTP answer from the central server: refused, timed out, reset, or a certificate that did not verify."""
 
     http_status = 502
+
+
+class RuntimeApiError(EdgeRuntimeError):
+    """A gate step failed at the runtime's API: no answer, an error answer, or a request it cannot carry."""
+
+    http_status = 502
+
+
+class RuntimeUnreachableError(RuntimeApiError):
+    """The runtime did not answer at all (down, restarting): says nothing about the version under test."""
+
+    http_status = 503
+
+
+class UpdatesNotPromotedError(EdgeRuntimeError):
+    """``sync --once`` ended with at least one target not promoted (each outcome is printed above)."""
+
+    http_status = 409
 
 
 class SyncError(EdgeRuntimeError):

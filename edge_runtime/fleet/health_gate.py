@@ -29,22 +29,11 @@ import numpy as np
 
 from edge_runtime.config.device import HealthGateSettings
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.fleet.errors import RuntimeApiError, RuntimeUnreachableError
 from edge_runtime.server.datatypes import kserve_to_numpy, numpy_to_kserve
 
 Tensors = Mapping[str, np.ndarray]
 _STAGED_REASON = "loaded beside the active version"  # the index's reason for a staged version
-
-
-class RuntimeApiError(EdgeRuntimeError):
-    """A gate step failed at the runtime's API: no answer, an error answer, or a request it cannot carry."""
-
-    http_status = 502
-
-
-class RuntimeUnreachableError(RuntimeApiError):
-    """The runtime did not answer at all (down, restarting): says nothing about the version under test."""
-
-    http_status = 503
 
 
 @dataclass(frozen=True)

@@ -183,9 +183,9 @@ def _newest_listed(targets: List[TufTarget]) -> Dict[str, str]:
     newest: Dict[str, str] = {}
     for target in targets:
         model, version = target.custom.get("model"), target.custom.get("version")
-        if isinstance(model, str) and isinstance(version, str) and is_version_name(version):
-            if model not in newest or version_key(version) > version_key(newest[model]):
-                newest[model] = version
+        if isinstance(model, str) and isinstance(version, str) and is_version_name(version) \
+                and (model not in newest or version_key(version) > version_key(newest[model])):
+            newest[model] = version
     return newest
 
 

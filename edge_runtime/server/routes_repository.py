@@ -20,7 +20,7 @@ from typing import Any, Dict
 
 from flask import Blueprint, Response, request
 
-from edge_runtime.errors import EdgeRuntimeError, ModelNotReadyError, RequestError
+from edge_runtime.errors import ModelNotReadyError, NotStagedError, RequestError
 from edge_runtime.server.context import context
 from edge_runtime.server.json_body import object_body
 from edge_runtime.server.responses import json_response
@@ -29,12 +29,6 @@ from edge_runtime.serving.config_override import apply_config_override
 _LOAD_PARAMETERS = ("config", "version")
 
 blueprint = Blueprint("repository", __name__)
-
-
-class NotStagedError(EdgeRuntimeError):
-    """A promote of a version that is not staged and ready: the client's acts are out of order (409, not 503)."""
-
-    http_status = 409
 
 
 @blueprint.post("/v2/repository/index")
