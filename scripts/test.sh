@@ -10,8 +10,9 @@ source scripts/lib/system_packages.sh
 source scripts/lib/dashboard_assets.sh
 
 # What the integration tests drive for real: PostgreSQL and nginx (started on 127.0.0.1 by the tests through
-# scripts/lib/postgres.sh and nginx.sh), Debian's Chromium (the dashboard test), the dashboard's uPlot (npm ci).
-ensure_debian_packages postgresql chromium nginx-light
+# scripts/lib/postgres.sh and nginx.sh), Debian's Chromium (the dashboard test), the dashboard's uPlot (npm ci),
+# shellcheck and systemd-analyze (the script and unit checks).
+ensure_debian_packages postgresql chromium nginx-light shellcheck systemd
 ensure_dashboard_assets
 
 ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,sync,export,fleet,dev]"
