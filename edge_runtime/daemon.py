@@ -5,6 +5,9 @@ and the telemetry sampler (its own thread) is started here, writing into the spo
 process (``edge-runtime agent``) uploads; the runtime itself never touches the network.
 Start-up checks that can refuse (a non-loopback bind without restrictions, a missing secret)
 run before any model is loaded, so a wrong setting fails in a second with one line.
+Under systemd (``Type=notify``) it sends READY=1 once the models that can load are warm and the
+socket listens, WATCHDOG=1 while the HTTP loop and every model worker make progress, and
+STOPPING=1 at a stop signal (:mod:`edge_runtime.server.service_notify`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from edge_runtime.bundle.signing import load_public_key
 from edge_runtime.config import RuntimeSettings, load_device_config
 from edge_runtime.errors import BackendUnavailableError, ConfigError
 from edge_runtime.serving.repository import ModelRepository
+from edge_runtime.systemd_notify import notifier_from_env, watchdog_interval
 
 log = logging.getLogger(__name__)
 FakeModel = Tuple[str, Callable[[], Backend]]
@@ -67,6 +71,7 @@ def run(settings: RuntimeSettings, repository_dir: Optional[Path], host: str, po
         from edge_runtime.server.app import EXTENSION_KEY, create_app
         from edge_runtime.server.restricted import check_remote_binding, load_restrictions
         from edge_runtime.server.serve import serve
+        from edge_runtime.server.service_notify import RuntimeNotifications, serving_status
     except ImportError as exc:
         raise BackendUnavailableError.missing_module(exc.name or "flask", "server") from exc
 
@@ -82,8 +87,15 @@ def run(settings: RuntimeSettings, repository_dir: Optional[Path], host: str, po
         app = create_app(settings, repository, restrictions)
         context = app.extensions[EXTENSION_KEY]
         stack.callback(context.shm.close)
+        notify = RuntimeNotifications(notifier_from_env(), watchdog_interval(), host,
+                                      lambda: serving_status(repository.index()))
+
+        def on_stop() -> None:
+            context.draining.set()
+            notify.stopping()
+
         status = serve(app, settings, host, port, summary=lambda: _summary(repository),
-                       on_stop=context.draining.set)
+                       on_stop=on_stop, on_ready=notify.ready)
     print("edge-runtime: stopped", file=sys.stderr, flush=True)
     return status
 

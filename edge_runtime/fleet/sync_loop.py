@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from edge_runtime.config import load_device_config
+from edge_runtime.config.device import HealthGateSettings
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.fleet.agent_config import AgentSettings, read_token
 from edge_runtime.fleet.backoff import Backoff
@@ -30,10 +32,16 @@ from edge_runtime.fleet.sync_config import SyncSettings, runtime_headers
 from edge_runtime.fleet.sync_reports import ReportQueue, ReportSender, outcome_report, report_sender, worth_reporting
 from edge_runtime.fleet.transport import HttpTransport, Transport
 from edge_runtime.fleet.trial import TrialStore, TrialWatch, api_promote, metrics_start_time, open_trials, target_sha256
+from edge_runtime.liveness import Heartbeat
 
 log = logging.getLogger(__name__)
 
 WATCH_EVERY_S = 2.0
+# How long one step may run before the agent's watchdog calls the sync thread wedged: a pass may
+# build a TensorRT engine at stage (health_gate.stage_timeout_s) and download bundles (each read
+# bounded by request_timeout_s, the whole download not), so it gets the stage time-out plus this.
+PASS_ALLOWANCE_S = 3600.0
+WAIT_SLACK_S = 30.0  # a wait of w seconds promises the next beat within w + this
 
 RunPass = Callable[[], List[SyncOutcome]]
 OpenTrials = Callable[[List[SyncOutcome]], object]
@@ -57,16 +65,21 @@ class SyncLoop:
         self._clock = clock
         self._next_pass = clock()
         self._next_flush: Optional[float] = clock()  # None: nothing left unsent
+        self.step_limit_s = HealthGateSettings().stage_timeout_s + PASS_ALLOWANCE_S
 
-    def run(self, stop: threading.Event) -> None:
-        """Step until ``stop`` is set."""
+    def run(self, stop: threading.Event, heartbeat: Optional[Heartbeat] = None) -> None:
+        """Step until ``stop`` is set; ``heartbeat`` (the agent's watchdog) beats before each step and each wait."""
         while not stop.is_set():
+            if heartbeat is not None:
+                heartbeat.beat(self.step_limit_s)
             try:
                 wait = self.step()
             except Exception:  # the thread must outlive any one step's surprise
                 log.exception("sync: unexpected error in the sync loop; going on after %g s", self.poll_s)
                 wait = self.poll_s
             if wait > 0:
+                if heartbeat is not None:
+                    heartbeat.beat(wait + WAIT_SLACK_S)
                 stop.wait(wait)
 
     def step(self) -> float:
@@ -157,10 +170,20 @@ def build_sync_loop(agent: AgentSettings, settings: SyncSettings, transport: Opt
     def trials(outcomes: List[SyncOutcome]) -> object:
         return open_trials(outcomes, repository, store, start_time, lambda name: target_sha256(metadata_dir, name))
 
-    return SyncLoop(run_pass or (lambda: sync_pass.run_once(settings)), trials, watch, queue,
+    loop = SyncLoop(run_pass or (lambda: sync_pass.run_once(settings)), trials, watch, queue,
                     build_sender(agent, queue, repository, transport), settings.poll_s,
                     Backoff(agent.backoff_initial_s, settings.poll_s),
                     Backoff(agent.backoff_initial_s, agent.backoff_max_s))
+    loop.step_limit_s = _stage_timeout_s(settings) + PASS_ALLOWANCE_S
+    return loop
+
+
+def _stage_timeout_s(settings: SyncSettings) -> float:
+    """The device config's health_gate.stage_timeout_s (its default when the file cannot be read: the pass says why)."""
+    try:
+        return load_device_config(settings.resolve(settings.device_config)).health_gate.stage_timeout_s
+    except EdgeRuntimeError:
+        return HealthGateSettings().stage_timeout_s
 
 
 def report_once(agent: Optional[AgentSettings], settings: SyncSettings, outcomes: List[SyncOutcome],

@@ -26,11 +26,17 @@ def _nothing() -> None:
     pass
 
 
+def _listening(port: int) -> None:
+    pass
+
+
 def serve(app: Callable[..., Any], settings: RuntimeSettings, host: str, port: int, *,
-          summary: Callable[[], str] = lambda: "", on_stop: Callable[[], None] = _nothing) -> int:
+          summary: Callable[[], str] = lambda: "", on_stop: Callable[[], None] = _nothing,
+          on_ready: Callable[[int], None] = _listening) -> int:
     """Serve ``app`` on ``host:port`` until SIGTERM/SIGINT; returns the exit status.
 
-    ``summary`` is printed in the start line; ``on_stop`` runs when a stop signal arrives (the app
+    ``summary`` is printed in the start line; ``on_ready(port)`` runs once the socket listens, just
+    before the loop answers (sd_notify READY=1); ``on_stop`` runs when a stop signal arrives (the app
     then answers not-ready while open requests finish).
     """
     try:
@@ -51,6 +57,7 @@ def serve(app: Callable[..., Any], settings: RuntimeSettings, host: str, port: i
     signal.signal(signal.SIGINT, stop)
     print(f"edge-runtime: serving on http://{host}:{server.effective_port} ({summary() or 'no models'})",
           file=sys.stderr, flush=True)
+    on_ready(server.effective_port)  # connections made from now on wait in the listen backlog for the loop
     try:
         while not stopping.is_set():
             transport.loop_once(socket_map, LOOP_TIMEOUT_S)

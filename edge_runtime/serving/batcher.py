@@ -81,13 +81,13 @@ class RequestQueue:
             self._items.clear()
             return left
 
-    def take_batch(self) -> Optional[List[PendingRequest]]:
-        """Block for the next batch; None once the queue is closed and empty."""
+    def take_batch(self, idle_s: Optional[float] = None) -> Optional[List[PendingRequest]]:
+        """Block for the next batch; None once the queue is closed and empty; [] after ``idle_s`` with none."""
         with self._cond:
-            while not self._items and not self._closed:
-                self._cond.wait()
+            if not self._items and not self._closed:
+                self._wait_for_work(idle_s)  # a worker wakes after idle_s to beat its heartbeat
             if not self._items:
-                return None
+                return None if self._closed else []
             first = self._items.popleft()
             batch, total = [first], first.batch
             if self._max_batch <= 1:
@@ -102,6 +102,15 @@ class RequestQueue:
                     break
                 self._cond.wait(remaining / 1e9)
             return batch
+
+    def _wait_for_work(self, idle_s: Optional[float]) -> None:
+        """Wait (lock held) until a request is queued, the queue closes, or ``idle_s`` passes."""
+        deadline = None if idle_s is None else time.monotonic() + idle_s
+        while not self._items and not self._closed:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _take_compatible(self, key: Tuple, batch: List[PendingRequest], total: int) -> int:
         kept: Deque[PendingRequest] = collections.deque()

@@ -20,6 +20,8 @@ from edge_runtime.backends.base import Backend, BackendOptions
 from edge_runtime.bundle.verify import VerifiedBundle
 from edge_runtime.config import DeviceConfig
 from edge_runtime.errors import EdgeRuntimeError, InferenceError
+from edge_runtime.liveness import Heartbeat
+from edge_runtime.serving import liveness
 from edge_runtime.serving.batcher import PendingRequest, RequestQueue
 from edge_runtime.serving.stats import ModelStats
 
@@ -54,8 +56,10 @@ class ModelInstance(threading.Thread):
         queue: RequestQueue,
         stats: ModelStats,
         warmup_runs: int,
+        stall_limit_s: float = 30.0,
     ) -> None:
         super().__init__(name=f"model-{label}", daemon=True)
+        self._label, self._stall_limit_s = label, stall_limit_s
         self._factory, self._bundle, self._device, self._options = backend_factory, bundle, device, options
         self._queue, self._stats, self._warmup_runs = queue, stats, warmup_runs
         self.ready: Future = Future()  # resolves to the loaded Backend, or to the load error
@@ -73,13 +77,22 @@ class ModelInstance(threading.Thread):
             return
         self.ready.set_result(backend)
         try:
-            while True:
-                batch = self._queue.take_batch()
-                if batch is None:
-                    break
-                self._execute(backend, batch)
+            self._serve(backend)
         finally:
             backend.close()
+
+    def _serve(self, backend: Backend) -> None:
+        """Batches until the queue closes, beating each turn (a worker whose thread dies stays overdue)."""
+        promise_s = liveness.worker_promise_s(self._stall_limit_s)
+        heartbeat = liveness.WORKERS.add(Heartbeat(f"model worker {self._label}", promise_s))
+        while True:
+            heartbeat.beat(promise_s)  # the hot path's whole cost: one clock read and one attribute store
+            batch = self._queue.take_batch(liveness.IDLE_WAKE_S)
+            if batch is None:
+                break
+            if batch:
+                self._execute(backend, batch)
+        liveness.WORKERS.discard(heartbeat)
 
     def _execute(self, backend: Backend, batch: List[PendingRequest]) -> None:
         start = time.perf_counter_ns()

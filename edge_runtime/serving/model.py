@@ -82,7 +82,7 @@ class ServedModel:
         self._queue = RequestQueue(self._settings.batching)
         self._instances = [
             ModelInstance(f"{self.name}-{self.version}-{i}", self._factory, self.bundle, self._device, options,
-                          self._queue, self.stats, self._settings.warmup_runs)
+                          self._queue, self.stats, self._settings.warmup_runs, self._settings.request_timeout_s)
             for i in range(self._settings.instances)
         ]
         for instance in self._instances:
