@@ -7,10 +7,45 @@
 # server and rolled out, the agent pulls it (TUF metadata and the bundle from a static file server),
 # the runtime gates and switches to it. Then stop everything. Idempotent: keys are made once;
 # everything lands in .demo/.
+#
+# scripts/demo.sh --installed: the install path instead — export the bundle, run scripts/install.sh into
+# a temporary root (.demo/root: no systemd there, so it starts nothing itself), put the bundle into the
+# installed repository and serve it with the installed runtime and its installed configuration, then
+# query it with tritonclient as above.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/venv.sh
 source scripts/lib/dashboard_assets.sh
+
+if [ "${1:-}" = "--installed" ]; then
+  ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,export,fleet]" "tritonclient[http]>=2.40"
+  mkdir -p .demo
+  [ -f .demo/keys/signing.key ] || .venv/bin/edge-runtime keygen --out .demo/keys
+  rm -rf .demo/root .demo/installed-bundle
+  .venv/bin/edge-export --model digits-cnn --config device_configs/x86-cpu.yaml \
+    --key .demo/keys/signing.key --out .demo/installed-bundle/digits-cnn/1 > /dev/null
+  mkdir -p .demo/root
+  scripts/install.sh --root "$PWD/.demo/root" --owner "$(id -u):$(id -g)" --device-config x86-cpu \
+    --trusted-key .demo/keys/signing.pub --python .venv/bin/python
+  cp -r .demo/installed-bundle/digits-cnn .demo/root/var/lib/edge-runtime/repository/
+  echo "== serving with the installed runtime: .demo/root/opt/edge-runtime/current/venv/bin/edge-runtime"
+  .demo/root/opt/edge-runtime/current/venv/bin/edge-runtime serve --config .demo/root/etc/edge-runtime/runtime.yaml \
+    --repository .demo/root/var/lib/edge-runtime/repository --port "${EDGE_DEMO_PORT:-8000}" \
+    > .demo/installed-server.log 2>&1 &
+  server=$!
+  trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+  for _ in $(seq 150); do
+    curl -sf "http://127.0.0.1:${EDGE_DEMO_PORT:-8000}/v2/health/ready" > /dev/null && break
+    kill -0 $server 2>/dev/null || { cat .demo/installed-server.log; exit 1; }
+    sleep 0.2
+  done
+  .venv/bin/python scripts/demo_query.py --url "127.0.0.1:${EDGE_DEMO_PORT:-8000}" --model digits-cnn
+  kill -TERM $server
+  wait $server || true
+  echo "installed runtime stopped: $(tail -n 1 .demo/installed-server.log)"
+  trap - EXIT
+  exit 0
+fi
 
 ensure_venv .venv "${PYTHON:-python3}" -e ".[cpu,server,export,fleet]" "tritonclient[http]>=2.40"
 ensure_dashboard_assets || echo "(the dashboard page will answer 503 until npm ci runs; the API works)"
