@@ -21,7 +21,7 @@ from edge_runtime.config import (
 from edge_runtime.errors import ConfigError
 
 DEVICE_CONFIGS = Path(__file__).resolve().parents[2] / "device_configs"
-SHIPPED = ["agx-xavier", "xavier-nx", "orin-nano", "x86-cpu"]
+SHIPPED = ["agx-xavier", "xavier-nx", "orin-nano", "x86-cpu", "aarch64-cpu"]
 
 # A valid TensorRT device; each bad case below changes one thing in it.
 VALID: Dict[str, Any] = {
@@ -171,7 +171,7 @@ def test_shipped_config_loads(name: str) -> None:
     assert config.source == str(path)
     assert config.default_precision in config.precisions
     assert isinstance(config.precisions, tuple)
-    assert config.uses_tensorrt == (name != "x86-cpu")
+    assert config.uses_tensorrt == (name not in ("x86-cpu", "aarch64-cpu"))
 
 
 @pytest.mark.parametrize(
