@@ -30,6 +30,7 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== pytest (Python $(.venv/bin/python -c 'import platform; print(platform.python_version())'))"
 .venv/bin/python -m pytest "$@"
+bash scripts/lib/mutation_sample.sh  # issue 18: a fixed sample of mutants; the full run is scripts/bench/mutation.py
 
 py38=$(find_python38)
 ensure_venv .venv38 "$py38" -e ".[cpu,server,sync]" "pytest>=7.4" "hypothesis>=6.80" "tritonclient[http]>=2.40" "onnx>=1.15"
