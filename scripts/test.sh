@@ -29,10 +29,14 @@ echo "== vermin (edge_runtime must run on Python 3.8)"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest (Python $(.venv/bin/python -c 'import platform; print(platform.python_version())'))"
-.venv/bin/python -m pytest "$@"
+# The 200-kill OTA test runs once, below, on the device's Python 3.8 (it exercises device code only).
+.venv/bin/python -m pytest --ignore=tests/integration/test_sync_kills.py "$@"
 bash scripts/lib/mutation_sample.sh  # issue 18: a fixed sample of mutants; the full run is scripts/bench/mutation.py
 
 py38=$(find_python38)
 ensure_venv .venv38 "$py38" -e ".[cpu,server,sync]" "pytest>=7.4" "hypothesis>=6.80" "tritonclient[http]>=2.40" "onnx>=1.15"
 echo "== pytest on Python 3.8 (device runtime only; the arm64 install test ran above: it uses the root's Python)"
-.venv38/bin/python -m pytest -m "not export and not arm64" "$@"  # the arm64 root runs its own Python
+# Not again on 3.8: the arm64 root runs its own Python, and the install script, units and shell scripts were
+# checked above (they do not run on the device's Python).
+.venv38/bin/python -m pytest -m "not export and not arm64" --ignore=tests/integration/test_install_script.py \
+  --ignore=tests/integration/test_systemd_units.py --ignore=tests/integration/test_shellcheck.py "$@"
