@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import hashlib
 import http.server
-import io
 import json
 import os
 import re
@@ -98,15 +97,6 @@ def tar_dir(bundle: Path, tar_path: Path, extra: Optional[Extra] = None, skip: S
         if extra is not None:
             extra(tar)
     return tar_path
-
-
-def add_member(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x",
-               link: str = "") -> None:
-    """Append one hand-made member of any type and name."""
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, link
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
 def giant_header(name: str, size: int) -> bytes:

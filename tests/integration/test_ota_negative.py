@@ -42,7 +42,6 @@ from ota_negative_support import (
     Case,
     FileServer,
     Rig,
-    add_member,
     affine_onnx,
     giant_header,
     one_line_outcomes,
@@ -51,6 +50,7 @@ from ota_negative_support import (
     write_bundle,
 )
 from runtime_support import start_server, write_runtime_config
+from tar_members import add_member
 from tuf.api.metadata import TargetFile
 
 from edge_runtime.bundle.signing import generate_keypair

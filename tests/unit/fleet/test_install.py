@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
+from tar_members import add_member
 
 from edge_runtime.bundle import ArtifactSpec, TargetInfo, TensorSpec, finalize_bundle, open_bundle
 from edge_runtime.bundle.signing import generate_keypair, load_private_key, load_public_key
@@ -62,14 +63,6 @@ def tar_dir(bundle: Path, tar_path: Path, extra: Callable[[tarfile.TarFile], Non
             tar.add(path, arcname=path.relative_to(bundle).as_posix(), recursive=False)
         extra(tar)
     return tar_path
-
-
-def add_member(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x",
-               link: str = "") -> None:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, link
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
 def snapshot(root: Path) -> Snapshot:
