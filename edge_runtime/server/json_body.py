@@ -27,8 +27,6 @@ from edge_runtime.errors import RequestError, RequestTooLargeError
 from edge_runtime.server.limits import RequestLimits
 
 _CONTAINERS = frozenset((list, dict))
-# RFC 8259 whitespace; bytes.strip() would also drop \x0b and \x0c, which JSON refuses.
-_JSON_WHITESPACE = b" \t\n\r"
 _KINDS = {
     "str": ("a string", lambda value: isinstance(value, str)),
     "bool": ("a boolean", lambda value: isinstance(value, bool)),
@@ -131,12 +129,12 @@ def get_count(obj: Dict[str, Any], key: str, where: str) -> Optional[int]:
 def object_body(limits: RequestLimits, data: bytes, what: str) -> Dict[str, Any]:
     """Parse a JSON-object request body under the request limits; an empty body is ``{}``.
 
-    Empty means nothing but JSON whitespace (space, tab, CR, LF).
-
-    Any other JSON value (``null``, a list, a number) is a bad request naming ``what``.
+    Empty means zero bytes, as in Triton's server (which parses a body only when it has a
+    length): a body of whitespace alone is not a JSON text (RFC 8259 needs a value), so it is
+    malformed JSON like any other. Any other JSON value (``null``, a list, a number) is a bad request naming ``what``.
     """
     check_json_size(len(data), limits)
-    if not data.strip(_JSON_WHITESPACE):
+    if not data:
         return {}
     body = parse_json_body(data, limits)
     if not isinstance(body, dict):

@@ -11,14 +11,14 @@ from edge_runtime.server.limits import RequestLimits
 LIMITS = RequestLimits()
 
 
-@pytest.mark.parametrize("body", [b"", b" ", b" \t\r\n", b"\n\n"])
-def test_a_body_of_json_whitespace_only_is_an_empty_object(body: bytes) -> None:
-    assert object_body(LIMITS, body, "index") == {}
+def test_a_body_of_zero_bytes_is_an_empty_object() -> None:
+    assert object_body(LIMITS, b"", "index") == {}
 
 
-@pytest.mark.parametrize("body", [b"\x0b", b"\x0c", b" \x0b\n", b"\x0c{}"])
-def test_vertical_tab_and_form_feed_are_not_json_whitespace(body: bytes) -> None:
-    # bytes.strip() counts them as whitespace; JSON (RFC 8259) does not: the body is malformed JSON.
+@pytest.mark.parametrize("body", [b" ", b" \t\r\n", b"\n\n", b"\x0b", b"\x0c", b" \x0b\n", b"\x0c{}"])
+def test_a_body_of_whitespace_alone_or_not_json_whitespace_is_malformed_json(body: bytes) -> None:
+    # RFC 8259: a JSON text is a value with optional whitespace around it, so whitespace alone is
+    # not one (schemathesis sends b" \t\n\r" and expects a 4xx); \x0b/\x0c are not JSON whitespace.
     with pytest.raises(RequestError, match="malformed JSON") as caught:
         object_body(LIMITS, body, "index")
     assert caught.value.http_status == 400
