@@ -4,7 +4,7 @@ Strict: a missing key, a wrong type, a non-finite number, a sequence that is not
 increasing, or a record time more than ``max_future_s`` ahead of the server's clock is a
 :class:`BadBatchError` (400) naming the path of the bad value, and so is an unknown key in the
 envelope (the batch and its record entries). Inside a record, keys this server does not know are
-ignored (at most :data:`MAX_KEYS` per object): a device running a newer runtime may report figures
+ignored (at most ``json_objects.MAX_KEYS`` per object): a device running a newer runtime may report figures
 an older server does not store, and refusing them would refuse every record it sends. Nothing is
 stored from a batch that fails. Written by hand rather than with a schema library: the contract is
 small, and each message names the exact item at fault in one line.
@@ -16,9 +16,10 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from fleet_server.errors import BadBatchError
+from fleet_server.json_objects import checked_object
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_SEQUENCE = 2**63 - 1
@@ -27,12 +28,13 @@ MAX_NAMED_FIGURES = 64  # temperatures_c / power_mw entries
 MAX_BOUNDS = 128
 MAX_TEXT = 128
 MAX_FACTS = 32
-MAX_KEYS = 64  # keys per object inside a record, known ones included
 BATCH_KEYS = ("device_id", "dropped", "facts", "records")
 RECORD_KEYS = ("time", "interval_s", "process", "system", "models")
 PROCESS_KEYS = ("rss_mb", "rss_peak_mb", "cpu_percent")
 SYSTEM_KEYS = ("mem_total_mb", "mem_available_mb", "nvmap_mb", "gpu_load", "temperatures_c", "power_mw",
                "power_mode", "clocks_locked")
+ENTRY_KEYS = ("sequence", "record")
+HISTOGRAM_KEYS = ("bounds_ms", "counts")
 MODEL_KEYS = ("name", "version", "backend", "memory_mb", "requests", "failures", "p50_ms", "p99_ms", "histogram")
 
 
@@ -79,7 +81,7 @@ def parse_batch(body: bytes, now: float, max_records: int, max_future_s: float) 
         data = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadBatchError(f"body is not valid JSON: {_first_line(exc)}") from exc
-    batch = _mapping(data, "body", BATCH_KEYS)
+    batch = checked_object(data, "body", BATCH_KEYS, BATCH_KEYS)
     device_id = _text(batch["device_id"], "device_id")
     if not DEVICE_ID.match(device_id):
         raise BadBatchError("device_id: expected 1-128 letters, digits, '.', '_', ':' or '-'")
@@ -94,9 +96,9 @@ def parse_batch(body: bytes, now: float, max_records: int, max_future_s: float) 
 
 
 def _record(item: Any, path: str, latest: float) -> Record:
-    entry = _mapping(item, path, ("sequence", "record"))
+    entry = checked_object(item, path, ENTRY_KEYS, ENTRY_KEYS)
     sequence = _count(entry["sequence"], f"{path}.sequence")
-    body = _mapping(entry["record"], f"{path}.record", RECORD_KEYS, lenient=True)
+    body = checked_object(entry["record"], f"{path}.record", RECORD_KEYS, RECORD_KEYS, lenient=True)
     path = f"{path}.record"
     time = _number(body["time"], f"{path}.time")
     if time <= 0:
@@ -106,7 +108,7 @@ def _record(item: Any, path: str, latest: float) -> Record:
     interval = _number(body["interval_s"], f"{path}.interval_s")
     if interval <= 0:
         raise BadBatchError(f"{path}.interval_s: expected a positive number")
-    process_in = _mapping(body["process"], f"{path}.process", PROCESS_KEYS, lenient=True)
+    process_in = checked_object(body["process"], f"{path}.process", PROCESS_KEYS, PROCESS_KEYS, lenient=True)
     process = {key: _figure(process_in[key], f"{path}.process.{key}") for key in PROCESS_KEYS}
     models = body["models"]
     if not isinstance(models, list) or len(models) > MAX_MODELS:
@@ -116,7 +118,7 @@ def _record(item: Any, path: str, latest: float) -> Record:
 
 
 def _system(value: Any, path: str) -> Dict[str, Any]:
-    system = _mapping(value, path, SYSTEM_KEYS, lenient=True)
+    system = checked_object(value, path, SYSTEM_KEYS, SYSTEM_KEYS, lenient=True)
     out: Dict[str, Any] = {key: _figure(system[key], f"{path}.{key}")
                            for key in ("mem_total_mb", "mem_available_mb", "nvmap_mb", "gpu_load")}
     if out["gpu_load"] is not None and not 0 <= out["gpu_load"] <= 1:
@@ -137,7 +139,7 @@ def _system(value: Any, path: str) -> Dict[str, Any]:
 
 
 def _model(value: Any, path: str) -> ModelFigures:
-    model = _mapping(value, path, MODEL_KEYS, lenient=True)
+    model = checked_object(value, path, MODEL_KEYS, MODEL_KEYS, lenient=True)
     return ModelFigures(
         name=_text(model["name"], f"{path}.name"), version=_text(model["version"], f"{path}.version"),
         backend=_text(model["backend"], f"{path}.backend"), memory_mb=_figure(model["memory_mb"], f"{path}.memory_mb"),
@@ -150,7 +152,7 @@ def _model(value: Any, path: str) -> ModelFigures:
 def _histogram(value: Any, path: str) -> Optional[Dict[str, List[float]]]:
     if value is None:
         return None
-    histogram = _mapping(value, path, ("bounds_ms", "counts"), lenient=True)
+    histogram = checked_object(value, path, HISTOGRAM_KEYS, HISTOGRAM_KEYS, lenient=True)
     bounds, counts = histogram["bounds_ms"], histogram["counts"]
     if not isinstance(bounds, list) or not 1 <= len(bounds) <= MAX_BOUNDS:
         raise BadBatchError(f"{path}.bounds_ms: expected a list of 1..{MAX_BOUNDS} numbers")
@@ -175,21 +177,6 @@ def _facts(value: Any) -> Dict[str, Any]:
             raise BadBatchError(f"facts.{key}: expected at most 256 characters")
         facts[key] = fact
     return facts
-
-
-def _mapping(value: Any, path: str, keys: Tuple[str, ...], lenient: bool = False) -> Mapping[str, Any]:
-    """``value`` if it is an object holding ``keys``; unknown keys refused, or ignored (bounded) when ``lenient``."""
-    if not isinstance(value, dict):
-        raise BadBatchError(f"{path}: expected an object with keys {', '.join(keys)}")
-    if lenient and len(value) > MAX_KEYS:
-        raise BadBatchError(f"{path}: expected at most {MAX_KEYS} keys")
-    for key in value if not lenient else ():
-        if key not in keys:
-            raise BadBatchError(f"{path}: unknown key {str(key)[:40]!r} (allowed: {', '.join(keys)})")
-    for key in keys:
-        if key not in value:
-            raise BadBatchError(f"{path}: missing key {key!r}")
-    return value
 
 
 def _text(value: Any, path: str) -> str:

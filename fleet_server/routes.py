@@ -5,7 +5,6 @@ Device routes take a device token; every other route takes an operator token.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Dict, Optional, Tuple
 
@@ -17,6 +16,7 @@ from fleet_server.db import begin_write, database_errors
 from fleet_server.director import assign_enrolled
 from fleet_server.errors import BadBatchError, PayloadTooLargeError
 from fleet_server.ingest import handle_ingest
+from fleet_server.json_objects import object_body
 from fleet_server.queries import RESOLUTIONS, choose_resolution, device_history, list_devices
 from fleet_server.tokens import authenticate_operator, enroll_device, revoke_device_tokens, rotate_device_token
 
@@ -108,13 +108,7 @@ def json_body() -> Dict[str, Any]:
     data = request.stream.read(MAX_ADMIN_BODY + 1)
     if len(data) > MAX_ADMIN_BODY:
         raise PayloadTooLargeError(f"body is over the cap of {MAX_ADMIN_BODY} bytes")
-    try:
-        body = json.loads(data)
-    except ValueError as exc:
-        raise BadBatchError("expected a JSON object body") from exc
-    if not isinstance(body, dict):
-        raise BadBatchError("expected a JSON object body")
-    return body
+    return object_body(data)
 
 
 def _time_arg(name: str, default: float) -> float:

@@ -17,11 +17,10 @@ cannot pause a rollout it is not part of). ``installed`` replaces the device's `
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 from flask import request
 from sqlalchemy import Connection, select, update
@@ -32,6 +31,7 @@ from fleet_server.context import FleetContext, bearer_token
 from fleet_server.db import begin_write, database_errors
 from fleet_server.director import is_member, plan_of
 from fleet_server.errors import BadBatchError, ForbiddenError, PayloadTooLargeError
+from fleet_server.json_objects import checked_object, object_body
 from fleet_server.models import Bundle, Device, Rollout, SyncReport, entity_rows
 from fleet_server.rollouts import set_paused
 from fleet_server.tokens import authenticate_device
@@ -41,9 +41,10 @@ MAX_REASON = 500
 MAX_MODELS = 64
 STATUSES = ("promoted", "refused", "gate_failed", "failed", "rolled_back")
 PAUSING = ("gate_failed", "refused", "rolled_back")
-_BODY_KEYS = {"device_id", "reports", "installed"}
+_BODY_KEYS = ("device_id", "reports", "installed")
 _REQUIRED_REPORT_KEYS = ("id", "at", "model", "version", "target", "status", "reason")
-_REPORT_KEYS = {*_REQUIRED_REPORT_KEYS, "rollout_id"}
+_REPORT_KEYS = (*_REQUIRED_REPORT_KEYS, "rollout_id")
+_INSTALLED_KEYS = ("active", "last_good")
 _REPORT_ID = re.compile(r"[0-9a-f]{32}")
 _TEXT_CAPS = {"model": 128, "version": 128, "target": 300}
 
@@ -125,13 +126,7 @@ def _pause_for(connection: Connection, device_id: str, report: Report, now: floa
 
 def parse_reports(body: bytes) -> ReportBatch:
     """Validate a request body strictly; BadBatchError naming the field at fault."""
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise BadBatchError("expected a JSON object body") from exc
-    if not isinstance(document, dict):
-        raise BadBatchError("expected a JSON object body")
-    data = _object(document, "", _BODY_KEYS, ("device_id", "reports"))
+    data = checked_object(object_body(body), "body", _BODY_KEYS, ("device_id", "reports"))
     device_id = data["device_id"]
     if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
         raise BadBatchError("device_id: expected 1-128 letters, digits, '.', '_', ':' or '-'")
@@ -143,21 +138,8 @@ def parse_reports(body: bytes) -> ReportBatch:
     return ReportBatch(device_id, parsed, None if installed is None else _installed(installed))
 
 
-def _object(value: Any, where: str, allowed: set, required: tuple) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise BadBatchError(f"{where}: expected a JSON object")
-    prefix = f"{where}." if where else ""
-    for key in value:
-        if key not in allowed:
-            raise BadBatchError(f"{prefix}{key}: unknown key")
-    for key in required:
-        if key not in value:
-            raise BadBatchError(f"{prefix}{key}: missing")
-    return value
-
-
 def _report(item: Any, where: str) -> Report:
-    data = _object(item, where, _REPORT_KEYS, _REQUIRED_REPORT_KEYS)
+    data = checked_object(item, where, _REPORT_KEYS, _REQUIRED_REPORT_KEYS)
     if not isinstance(data["id"], str) or not _REPORT_ID.fullmatch(data["id"]):
         raise BadBatchError(f"{where}.id: expected 32 lowercase hex digits")
     at = data["at"]
@@ -187,7 +169,7 @@ def _installed(value: Any) -> Dict[str, Dict[str, Optional[str]]]:
         where = f"installed.{model}"
         if not DEVICE_ID.match(model):
             raise BadBatchError(f"{where}: not a model name")
-        data = _object(entry, where, {"active", "last_good"}, ("active",))
+        data = checked_object(entry, where, _INSTALLED_KEYS, ("active",))
         for key, version in data.items():
             if version is not None and (not isinstance(version, str) or len(version) > 128):
                 raise BadBatchError(f"{where}.{key}: expected a version string or null")
