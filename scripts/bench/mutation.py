@@ -61,9 +61,10 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def make_workspace(name: str, group: Dict[str, Any], base: Dict[str, Any], modules: List[str]) -> Path:
-    """A fresh copy of the tree for one group, with its mutmut settings in the copy's pyproject.toml."""
-    workspace = STATE / "work" / name
+def make_workspace(work: Path, name: str, group: Dict[str, Any], base: Dict[str, Any], modules: List[str]
+                   ) -> Path:
+    """A fresh copy of the tree for one group under ``work``, with its mutmut settings in its pyproject.toml."""
+    workspace = work / name
     shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True)
     skip = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache")
@@ -148,7 +149,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested in parallel (default 1)")
     parser.add_argument("--min-ratio", type=float, help="exit 1 when the overall kill ratio is below this (0-1)")
     parser.add_argument("--report", type=Path, default=STATE / "report.json", help="the JSON report")
-    parser.add_argument("--keep", action="store_true", help="keep the workspaces (.mutation/work/) afterwards")
+    parser.add_argument("--work", type=Path, default=STATE / "work",
+                        help="where the workspaces go (default .mutation/work): one per concurrent run")
+    parser.add_argument("--keep", action="store_true", help="keep the workspaces (--work) afterwards")
     parser.add_argument("--tally-only", action="store_true",
                         help="run nothing: re-read the workspaces a --keep run left (after editing the equivalents)")
     return parser.parse_args(argv)
@@ -158,9 +161,9 @@ def run_groups(args: argparse.Namespace, config: Dict[str, Any], groups: Dict[st
                ) -> Tuple[Dict[str, GroupResult], Dict[str, float], Dict[str, str]]:
     """Mutate each group in a fresh workspace (``--tally-only``: read the kept ones); results, seconds, failures."""
     if args.tally_only:
-        workspaces = {name: STATE / "work" / name for name in groups if (STATE / "work" / name).is_dir()}
+        workspaces = {name: args.work / name for name in groups if (args.work / name).is_dir()}
     else:
-        workspaces = {name: make_workspace(name, config["groups"][name], config["mutmut"], modules)
+        workspaces = {name: make_workspace(args.work, name, config["groups"][name], config["mutmut"], modules)
                       for name, modules in groups.items()}
     seconds: Dict[str, float] = {name: 0.0 for name in workspaces}
     failed: Dict[str, str] = {}
@@ -209,7 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{args.report.with_suffix('.survivors.txt')})")
     write_report(args, started, total_s, results, seconds, overall, failed)
     if not args.keep and not args.tally_only:
-        shutil.rmtree(STATE / "work", ignore_errors=True)
+        for name in groups:  # only this run's workspaces: another run may be using --work too
+            shutil.rmtree(args.work / name, ignore_errors=True)
     if failed:
         print(f"groups that did not run: {', '.join(failed)}")
         return 1
