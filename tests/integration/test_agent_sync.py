@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from runtime_support import call_json, write_tiny_bundle
+from served_in_thread import served_in_thread
 
 from edge_runtime.fleet.refused_targets import RECORD_NAME, RefusedTargets
 from edge_runtime.fleet.sync import PROMOTED, ROLLED_BACK, SyncOutcome
@@ -67,14 +67,8 @@ def fleet_stub() -> Iterator[Tuple[str, List[Dict[str, Any]]]]:
     received: List[Dict[str, Any]] = []
     handler = type("RecordingStub", (Stub,), {"received": received})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", received
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with served_in_thread(httpd) as port:
+        yield f"http://127.0.0.1:{port}", received
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import urllib.request
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
@@ -26,6 +25,7 @@ import pytest
 pytest.importorskip("tuf.ngclient")
 
 from runtime_support import start_server, write_tiny_bundle
+from served_in_thread import served_in_thread
 from test_tuf_client import TOOL, _server_python
 
 from edge_runtime.bundle.signing import generate_keypair, load_public_key
@@ -66,14 +66,8 @@ def file_server(tmp_path: Path) -> Iterator[Tuple[Path, str]]:
     served = tmp_path / "tuf-repo"
     handler = functools.partial(_QuietHandler, directory=str(served))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with served_in_thread(httpd) as port:
+        yield served, f"http://127.0.0.1:{port}"
 
 
 def _tar(bundle: Path, tar_path: Path) -> Path:

@@ -16,7 +16,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 from typing import Dict, Iterator
@@ -25,6 +24,7 @@ import pytest
 
 pytest.importorskip("tuf.ngclient")
 
+from served_in_thread import served_in_thread
 from tls_support import TestPki, write_test_pki
 
 from edge_runtime.fleet.errors import MetadataRefusedError, SyncError, TransportError, UnknownTargetError
@@ -93,14 +93,8 @@ def served(repo: Repo) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 serving the repository directory; yields its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(repo.dir))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with served_in_thread(httpd) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -221,14 +215,8 @@ def served_tls(repo: Repo, pki: TestPki) -> Iterator[str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(pki.cert), str(pki.key))
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with served_in_thread(httpd) as port:
+        yield f"https://127.0.0.1:{port}"
 
 
 def _sync_client(repo: Repo, url: str, ca_bundle: Path) -> TufClient:
@@ -294,14 +282,8 @@ class _EndlessHandler(http.server.BaseHTTPRequestHandler):
 
 def test_a_body_without_a_length_is_cut_at_the_cap(repo: Repo) -> None:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        _refused(repo, f"http://127.0.0.1:{httpd.server_address[1]}", "larger than")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with served_in_thread(httpd) as port:
+        _refused(repo, f"http://127.0.0.1:{port}", "larger than")
 
 
 def test_unreachable_server_is_a_transport_error(repo: Repo) -> None:

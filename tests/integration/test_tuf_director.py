@@ -12,7 +12,6 @@ import hashlib
 import http.server
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
@@ -20,6 +19,7 @@ import pytest
 
 pytest.importorskip("tuf.ngclient")
 
+from served_in_thread import served_in_thread
 from test_tuf_client import CUSTOM, Repo
 
 from edge_runtime.fleet.errors import MetadataRefusedError
@@ -63,14 +63,8 @@ def served(repo: Repo) -> Iterator[Tuple[str, List[str]]]:
     requests: List[str] = []
     handler_class = type("Handler", (_CountingHandler,), {"requests": requests})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler_class, directory=str(repo.dir)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with served_in_thread(httpd) as port:
+        yield f"http://127.0.0.1:{port}", requests
 
 
 def _tar(tmp_path: Path, name: str) -> Path:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, List
 
 import pytest
+from served_in_thread import served_in_thread
 
 from edge_runtime.liveness import Heartbeat, HeartbeatSet, Watchdog, all_of
 from edge_runtime.server.live_probe import http_loop_check, probe_host
@@ -79,13 +79,8 @@ class _Live(BaseHTTPRequestHandler):
 
 def test_the_http_check_passes_when_the_server_answers_and_names_the_loop_when_it_does_not() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Live)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        assert http_loop_check("127.0.0.1", server.server_address[1], 5.0)() == []
-    finally:
-        server.shutdown()
-        server.server_close()
+    with served_in_thread(server) as port:
+        assert http_loop_check("127.0.0.1", port, 5.0)() == []
     with socket.socket() as silent:  # listens (connections queue) but never answers: a wedged loop
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)

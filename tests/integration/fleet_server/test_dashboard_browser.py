@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 import pytest
 from ci_policy import unavailable
 from flask import Flask, Response, jsonify, request
+from served_in_thread import served_in_thread
 
 from fleet_server.dashboard import create_dashboard_blueprint
 
@@ -131,14 +131,8 @@ def _serve(app: Flask) -> Iterator[str]:
     from werkzeug.serving import make_server
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with served_in_thread(server) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture()

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
@@ -32,6 +31,7 @@ import numpy as np
 import pytest
 from fleet_support import Served, fleet_cli, serve_fleet, stop_fleet
 from runtime_support import RunningServer, W, call_json, start_server, write_tiny_bundle
+from served_in_thread import served_in_thread
 
 from edge_runtime.serving.active_version import ActiveVersion, write_pointer
 
@@ -75,11 +75,8 @@ def tuf_files(tmp_path: Path) -> Iterator[Tuple[Path, str]]:
     directory.mkdir()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                              functools.partial(_QuietFiles, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield directory, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with served_in_thread(server) as port:
+        yield directory, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture()

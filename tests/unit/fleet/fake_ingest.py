@@ -16,6 +16,8 @@ from socketserver import ThreadingMixIn
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from served_in_thread import served_in_thread
+
 from edge_runtime.fleet.transport import Reply
 
 MAX_BODY = 1024 * 1024
@@ -112,11 +114,5 @@ class _QuietHandler(WSGIRequestHandler):
 def serve(app: Callable[..., Any]) -> Iterator[int]:
     """Serve WSGI ``app`` on 127.0.0.1 (a free port) in a thread; yield the port."""
     server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with served_in_thread(server) as port:
+        yield port

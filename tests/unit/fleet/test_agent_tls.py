@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-import threading
 from pathlib import Path
 from typing import Iterator
 from wsgiref.simple_server import WSGIServer, make_server
@@ -17,6 +16,7 @@ import pytest
 from fake_ingest import FakeIngest, _QuietHandler
 
 pytest.importorskip("cryptography")
+from served_in_thread import served_in_thread
 from tls_support import TestPki, write_test_pki
 
 from edge_runtime.fleet.errors import TransportError
@@ -35,14 +35,8 @@ def tls_server(app: object, cert: Path, key: Path) -> Iterator[int]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with served_in_thread(server) as port:
+        yield port
 
 
 BODY = b'{"device_id": "dev-1", "dropped": 0, "facts": {}, "records": [{"sequence": 1, "record": {"time": 1.0}}]}'

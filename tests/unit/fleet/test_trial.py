@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pytest
+from served_in_thread import served_in_thread
 
 from edge_runtime.fleet.health_gate import RuntimeApiError
 from edge_runtime.fleet.refused_targets import RECORD_NAME, RefusedTargets
@@ -191,7 +192,6 @@ def test_an_unreachable_runtime_at_promotion_is_compared_with_the_promotion_time
 
 
 def test_start_time_is_read_from_prometheus_text() -> None:
-    import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Metrics(BaseHTTPRequestHandler):
@@ -208,16 +208,10 @@ def test_start_time_is_read_from_prometheus_text() -> None:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    with served_in_thread(httpd) as port:
+        url = f"http://127.0.0.1:{port}"
         assert metrics_start_time(url, {"X-Key": "secret"})() == 1.76409e9
         assert metrics_start_time(url, {})() is None  # reachable, start time unknown
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
     with pytest.raises(RuntimeApiError):
         metrics_start_time(url, {}, timeout_s=2)()
 
