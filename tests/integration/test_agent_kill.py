@@ -86,6 +86,17 @@ def stop_process(process: subprocess.Popen) -> None:
     process.wait(10)
 
 
+def drain_and_stop(config: Path, log: Any, spool: Spool) -> None:
+    """A last agent, never killed, uploads what the spool still holds and stops cleanly on SIGTERM."""
+    final = start_agent(config, log)
+    try:
+        assert wait_for(lambda: not spool.pending(1), timeout=120), "the agent did not drain the spool"
+        final.send_signal(signal.SIGTERM)
+        assert final.wait(30) == 0  # SIGTERM: a clean stop
+    finally:
+        stop_process(final)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -136,13 +147,7 @@ def test_sigkill_mid_batch_loses_and_doubles_nothing(tmp_path: Path, kills: int)
                 kill_once(agent, mode, hold, rng, acked)
             finally:
                 stop_process(agent)
-        final = start_agent(config, log)
-        try:
-            assert wait_for(lambda: not spool.pending(1), timeout=120), "the agent did not drain the spool"
-            final.send_signal(signal.SIGTERM)
-            assert final.wait(30) == 0  # SIGTERM: a clean stop
-        finally:
-            stop_process(final)
+        drain_and_stop(config, log, spool)
     assert sorted(ingest.stored) == list(range(1, RECORDS + 1))  # every sequence, once (the server is idempotent)
     assert all(ingest.stored[seq]["index"] == seq - 1 for seq in ingest.stored)
     replays = sum(count - 1 for count in ingest.deliveries.values())
@@ -218,13 +223,7 @@ def test_sigkill_against_edge_fleet_serve(tmp_path: Path) -> None:
                     time.sleep(rng.uniform(0, 0.03))
                 finally:
                     stop_process(agent)
-            final = start_agent(config, log)
-            try:
-                assert wait_for(lambda: not spool.pending(1), timeout=120), "the agent did not drain the spool"
-                final.send_signal(signal.SIGTERM)
-                assert final.wait(30) == 0
-            finally:
-                stop_process(final)
+            drain_and_stop(config, log, spool)
         finally:
             server.send_signal(signal.SIGTERM)
             try:
