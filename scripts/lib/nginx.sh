@@ -12,7 +12,10 @@
 # RATE (nginx's limit_rate, e.g. 8k; default 0 = unlimited) throttles every answer under /targets/, so that a
 # test can cut a bundle download half-way. As root (CI) the workers run as an unprivileged user
 # ($EDGE_NGINX_USER, else www-data, else nobody): ROOT and its parents must be readable by it.
-# Installs Debian's `nginx-light` with apt-get when nginx is absent and we are root.
+# Installs Debian's `nginx-light` when nginx is absent (ensure_debian_packages: as root, or with sudo).
+
+# shellcheck source=scripts/lib/system_packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/system_packages.sh"
 
 _nginx_bin() {
   local candidate
@@ -27,15 +30,10 @@ _nginx_bin() {
 
 _nginx_ensure_installed() {
   _nginx_bin >/dev/null && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "nginx.sh: nginx is not installed (apt-get install nginx-light, as root)" >&2
-    return 1
-  fi
-  echo "nginx.sh: installing nginx-light (apt-get)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null 2>&1 &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light >/dev/null; }
-  _nginx_bin >/dev/null
+  ensure_debian_packages nginx-light || true
+  _nginx_bin >/dev/null && return 0
+  echo "nginx.sh: nginx is not installed and could not be (apt-get install nginx-light, as root)" >&2
+  return 1
 }
 
 _nginx_worker_user() {

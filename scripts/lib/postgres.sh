@@ -7,8 +7,11 @@
 # DIR defaults to $EDGE_PG_DIR or /tmp/edge-fleet-postgres, PORT to $EDGE_PG_PORT or 55432. Trust
 # authentication, listening on 127.0.0.1 only, sockets inside DIR. PostgreSQL refuses to run as
 # root, so as root (CI) the cluster belongs to the `postgres` system user (created by Debian's
-# package) and runs through runuser. Installs Debian's `postgresql` with apt-get when absent.
+# package) and runs through runuser. Installs Debian's `postgresql` when absent (ensure_debian_packages).
 # The URL is postgresql+psycopg://fleet@127.0.0.1:PORT/postgres (create databases in it as needed).
+
+# shellcheck source=scripts/lib/system_packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/system_packages.sh"
 
 _pg_bin() {
   local dir
@@ -23,14 +26,10 @@ _pg_bin() {
 
 _pg_ensure_installed() {
   _pg_bin >/dev/null && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "postgres.sh: PostgreSQL is not installed (apt-get install postgresql, as root)" >&2
-    return 1
-  fi
-  echo "postgres.sh: installing postgresql (apt-get)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }
-  _pg_bin >/dev/null
+  ensure_debian_packages postgresql || true
+  _pg_bin >/dev/null && return 0
+  echo "postgres.sh: PostgreSQL is not installed and could not be (apt-get install postgresql, as root)" >&2
+  return 1
 }
 
 # _pg_run CMD...: run as the cluster's owner (postgres when we are root)
