@@ -60,7 +60,7 @@ def generate_keypair(directory: PathLike, name: str = "signing") -> Tuple[Path, 
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_bytes_atomic(key_path, private_pem, mode=0o600)
-        write_bytes_atomic(pub_path, public_pem, mode=0o644)
+        write_bytes_atomic(pub_path, public_pem)  # 0644: anyone may read a public key
     except OSError as exc:
         raise KeyFileError(f"{folder}: cannot create directory: {exc.strerror or exc}") from exc
     except OutputError as exc:
@@ -106,12 +106,12 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> bytes:
     """The content of ``manifest.sig`` for these exact manifest bytes."""
-    document = {
+    document = {  # keys in sorted order: the layout of manifest.sig
         "algorithm": ALGORITHM,
         "keyid": key_id(private_key.public_key()),
         "signature": base64.b64encode(private_key.sign(manifest_bytes)).decode("ascii"),
     }
-    return (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("ascii")
+    return (json.dumps(document, indent=2) + "\n").encode("ascii")
 
 
 def verify_manifest_signature(

@@ -138,9 +138,9 @@ def open_regular(path: PathLike) -> int:
 
 
 def _file_type(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    # No symbolic link here: lstat's link is refused before, and fstat never sees one.
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
         if test(mode):
             return name
     return "not a file"
@@ -230,8 +230,7 @@ def _walk_entries(top: str) -> Iterator[str]:
         # A link to a directory shows up in dirnames; os.walk does not descend into it.
         links = [name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
         for name in filenames + links:
-            path = name if relative_dir == "." else os.path.join(relative_dir, name)
-            yield Path(path).as_posix()
+            yield Path(relative_dir, name).as_posix()  # Path drops the leading "./"
 
 
 def _describe_open_error(path: Path, exc: OSError) -> str:
