@@ -112,8 +112,9 @@ def prune_structured(
             round_to=round_to,
         )
         pruner.step()
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise PruningError(f"structured pruning failed on this model: {exc}") from exc
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        # torch-pruning retries a failing model(*inputs) as model(inputs): the first error is the telling one
+        raise PruningError(f"structured pruning failed on this model: {exc.__context__ or exc}") from exc
     return model.eval()
 
 

@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -58,8 +58,8 @@ def _float_tensors(graph: Any, known: Dict[str, bool]) -> None:
         known[tensor.name] = tensor.data_type in floats
 
 
-def _quantizable_nodes(graph: Any, known: Dict[str, bool], found: Set[str]) -> None:
-    """Add to ``found`` the nodes (subgraphs included) that INT8 would quantize."""
+def _has_quantizable_node(graph: Any, known: Dict[str, bool]) -> bool:
+    """Whether ``graph`` (subgraphs included) has a node that INT8 would quantize."""
     import onnx
 
     _float_tensors(graph, known)
@@ -68,13 +68,13 @@ def _quantizable_nodes(graph: Any, known: Dict[str, bool], found: Set[str]) -> N
         if node.op_type in QUANTIZABLE_OPS and node.domain in ("", "ai.onnx") and any(
             known.get(name, True) for name in node.input if name
         ):
-            found.add(node.name or node.output[0])
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                _quantizable_nodes(attribute.g, known, found)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for subgraph in attribute.graphs:
-                    _quantizable_nodes(subgraph, known, found)
+            return True
+        subgraphs = [attribute.g for attribute in node.attribute if attribute.type == onnx.AttributeProto.GRAPH]
+        subgraphs += [each for attribute in node.attribute if attribute.type == onnx.AttributeProto.GRAPHS
+                      for each in attribute.graphs]
+        if any(_has_quantizable_node(subgraph, known) for subgraph in subgraphs):
+            return True
+    return False
 
 
 def has_quantizable_ops(onnx_path: Path) -> bool:
@@ -90,9 +90,7 @@ def has_quantizable_ops(onnx_path: Path) -> bool:
     # without inferred types, inputs of unknown type count as float (conservative)
     with contextlib.suppress(onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
         model = onnx.shape_inference.infer_shapes(model)
-    found: Set[str] = set()
-    _quantizable_nodes(model.graph, {}, found)
-    return bool(found)
+    return _has_quantizable_node(model.graph, {})
 
 
 def fixed_batch(onnx_path: Path, wanted: int) -> int:
@@ -213,8 +211,7 @@ def prepare(fp32_path: Path, directory: Path, notice: Notice) -> Path:
             name = f"{node.op_type}_{index}"
             while name in taken:
                 name += "_"
-            node.name = name
-            taken.add(name)
+            node.name = name  # ends in its own index: no clash with another generated name
         prepared = directory / "prepared-named.onnx"
         onnx.save_model(model, str(prepared), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=prepared.name + ".data")
@@ -279,6 +276,10 @@ def quantize_dynamic_model(prepared: Path, out_path: Path, op_types: Sequence[st
         raise ExportError(f"dynamic INT8 quantization failed: {one_line(exc)}") from exc
 
 
+def _ignore(message: str) -> None:
+    """Drop a progress note: quantize_int8 was called without a ``notice`` callback."""
+
+
 def quantize_int8(
     fp32_path: Path,
     out_path: Path,
@@ -301,6 +302,6 @@ def quantize_int8(
     """
     paths = [p.resolve() for p in (fp32_path, out_path, cache_path)]  # the block below changes directory
     with workspace() as tmp:
-        prepared = prepare(paths[0], tmp, notice or (lambda message: None))
+        prepared = prepare(paths[0], tmp, notice or _ignore)
         quantize_static_model(prepared, paths[1], paths[2], samples, settings, op_types=op_types, exclude=exclude,
                               progress=progress, desc=desc, max_batch=max_batch)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import pytest
 
 from edge_runtime.bundle.manifest import TensorSpec
 from export.errors import CalibrationDataError
-from export.steps.calibrate import load_samples
+from export.samples import SampleSet
+from export.steps.calibrate import check_arrays, load_samples
 
 INPUTS = (TensorSpec(name="input", dtype="float32", shape=(-1, 1, 8, 8)),)
 
@@ -54,7 +57,7 @@ def _write(path: Path, array: np.ndarray) -> Path:
     ids=["wrong-spatial", "missing-channel-axis", "float64", "int64", "nan", "empty", "missing", "empty-dir",
          "corrupt"],
 )
-def test_bad_calibration_data_is_a_clear_error(tmp_path: Path, make, message: str) -> None:
+def test_bad_calibration_data_is_a_clear_error(tmp_path: Path, make: Any, message: str) -> None:
     with pytest.raises(CalibrationDataError, match=message):
         load_samples(make(tmp_path), INPUTS)
 
@@ -129,8 +132,108 @@ def test_infinity_in_float16_is_refused(tmp_path: Path) -> None:
         load_samples(tmp_path / "c.npy", spec)
 
 
+def test_a_limit_of_one_keeps_one_sample(tmp_path: Path) -> None:
+    np.save(tmp_path / "c.npy", _batch(10))
+    assert len(load_samples(tmp_path / "c.npy", INPUTS, limit=1)) == 1
+
+
 @pytest.mark.parametrize("limit", [0, -5])
 def test_a_limit_below_one_is_refused(tmp_path: Path, limit: int) -> None:
     np.save(tmp_path / "c.npy", _batch(10))
     with pytest.raises(CalibrationDataError, match="at least 1"):
         load_samples(tmp_path / "c.npy", INPUTS, limit=limit)
+
+
+# --- whole messages, file selection, limits --------------------------------------------------------
+
+
+def _error(path: Path, inputs: tuple = INPUTS, **options: Any) -> str:
+    with pytest.raises(CalibrationDataError) as error:
+        load_samples(path, inputs, **options)
+    return str(error.value)
+
+
+def test_the_whole_messages_of_bad_files_name_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "x.npy", np.ones((4, 8), np.float32))
+    assert _error(path) == f"{path}: calibration data for 'input' has shape (4, 8); the model expects (N, 1, 8, 8)"
+    path = _write(tmp_path / "y.npy", _batch(2, dtype="float64"))
+    assert _error(path) == f"{path}: calibration data for 'input' is float64; the model expects float32"
+    path = _write(tmp_path / "z.npy", np.ones((2, 7), np.int64))
+    assert _error(path, TEXT) == (f"{path}: a .npy file feeds a single-input model; this one has 2 inputs "
+                                  "(use an .npz with one array per input name)")
+    np.savez(tmp_path / "c.npz", a=np.ones((2, 7), np.int64), b=np.ones((2, 7), np.int64))
+    assert _error(tmp_path / "c.npz", TEXT) == (
+        f"{tmp_path / 'c.npz'}: no array for input(s) input_ids, attention_mask (found ['a', 'b'])")
+    np.savez(tmp_path / "counts.npz", input_ids=np.ones((4, 7), np.int64), attention_mask=np.ones((3, 7), np.int64))
+    assert _error(tmp_path / "counts.npz", TEXT) == (
+        f"{tmp_path / 'counts.npz'}: inputs have different sample counts {{'input_ids': 4, 'attention_mask': 3}}")
+
+
+def test_an_npz_holding_an_object_array_is_refused_without_unpickling(tmp_path: Path) -> None:
+    np.savez(tmp_path / "o.npz", input=np.array([1, "a"], dtype=object))
+    assert re.fullmatch(rf"cannot read calibration file {re.escape(str(tmp_path / 'o.npz'))}: .*allow_pickle.*",
+                        _error(tmp_path / "o.npz"))
+
+
+def test_a_single_array_npz_feeds_a_single_input_model_whatever_its_name(tmp_path: Path) -> None:
+    np.savez(tmp_path / "c.npz", _batch(3))  # saved as arr_0
+    assert len(load_samples(tmp_path / "c.npz", INPUTS)) == 3
+
+
+def test_an_npz_with_extra_arrays_feeds_the_input_by_name(tmp_path: Path) -> None:
+    data = _batch(3)
+    np.savez(tmp_path / "c.npz", labels=np.arange(3), input=data)
+    samples = load_samples(tmp_path / "c.npz", INPUTS)
+    np.testing.assert_array_equal(samples.samples[2]["input"], data[2])
+
+
+def test_a_single_array_npz_for_a_two_input_model_names_the_missing_input(tmp_path: Path) -> None:
+    np.savez(tmp_path / "c.npz", input_ids=np.ones((2, 7), np.int64))
+    assert _error(tmp_path / "c.npz", TEXT) == (
+        f"{tmp_path / 'c.npz'}: no array for input(s) attention_mask (found ['input_ids'])")
+
+
+def test_other_files_in_a_calibration_directory_are_ignored(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", _batch(2))
+    (tmp_path / "labels.json").write_text("[0, 1]")
+    (tmp_path / "sub.npy").mkdir()  # a directory, whatever its name
+    assert len(load_samples(tmp_path, INPUTS)) == 2
+
+
+def test_files_past_the_limit_are_not_read(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", _batch(1))
+    np.save(tmp_path / "b.npy", _batch(1))
+    (tmp_path / "c.npy").write_bytes(b"not numpy")
+    assert len(load_samples(tmp_path, INPUTS, limit=2)) == 2
+    assert len(load_samples(tmp_path, INPUTS, limit=1)) == 1
+
+
+def test_a_text_file_needs_a_tokenizer(tmp_path: Path) -> None:
+    path = tmp_path / "lines.txt"
+    path.write_text("hello\n")
+    assert _error(path, TEXT) == f"{path}: a text file becomes samples only with --tokenizer FILE"
+
+
+def test_a_text_file_is_encoded_for_the_inputs_up_to_the_limit(tmp_path: Path) -> None:
+    calls = []
+    encoded = SampleSet.from_batched({"input_ids": np.ones((1, 3), np.int64)})
+
+    class Encoding:
+        def samples(self, path: Path, inputs: tuple, limit: Optional[int]) -> SampleSet:
+            calls.append((path, inputs, limit))
+            return encoded
+
+    path = tmp_path / "lines.txt"
+    assert load_samples(path, TEXT, limit=5, text=Encoding()) is encoded  # type: ignore[arg-type]
+    assert calls == [(path, TEXT, 5)]
+
+
+def test_check_arrays_names_its_source_and_keeps_labels() -> None:
+    with pytest.raises(CalibrationDataError) as error:
+        check_arrays({"other": np.ones((2, 7), np.int64)}, TEXT, "reference data")
+    assert str(error.value) == "reference data: no array for input(s) input_ids, attention_mask"
+    with pytest.raises(CalibrationDataError) as error:
+        check_arrays({"input": _batch(2, dtype="float64")}, INPUTS, "reference data")
+    assert str(error.value) == "reference data: calibration data for 'input' is float64; the model expects float32"
+    samples = check_arrays({"input": _batch(2)}, INPUTS, "reference data", labels=np.array([3, 5]))
+    np.testing.assert_array_equal(samples.labels, [3, 5])
