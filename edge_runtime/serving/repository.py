@@ -170,7 +170,7 @@ class ModelRepository:
             if name in layout.problems:
                 continue  # indexed with its reason
             with self._load_lock:
-                self._restore(name, layout.versions.get(name, []))
+                self._restore(name, layout.versions[name])  # listed: names() less problems
 
     def _restore(self, name: str, on_disk: List[str]) -> None:
         """Serve the first of the versions the pointer (or its absence) names that loads."""
@@ -184,7 +184,7 @@ class ModelRepository:
             except EdgeRuntimeError:
                 continue  # recorded with its reason
             if version != candidates[0]:
-                first = self._table.failure(name, candidates[0]) or "failed"
+                first = self._table.failure(name, candidates[0])  # recorded by _start as it failed
                 note = f"version {candidates[0]} failed ({first}); serving version {version} instead"
                 log.warning("model %s: %s", name, note)
             self._install(name, version, model, make_active=True, note=note)

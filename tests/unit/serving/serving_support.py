@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from pathlib import Path
+from typing import Any, List, Optional
 
 from edge_runtime.config import RuntimeSettings, runtime_settings_from_mapping
 
@@ -13,3 +15,66 @@ def settings(**overrides: Any) -> RuntimeSettings:
             "drain_timeout_s": 5.0}
     data.update(overrides)
     return runtime_settings_from_mapping(data, "test-settings")
+
+
+# --- signed bundles on disk (the repository tests) ----------------------------------------------
+
+AFFINE_INPUT = "x"  # every bundle below serves y = x * 2 + 1 on float32 x [-1, 4] -> y [-1, 4]
+
+
+def _affine_onnx() -> bytes:
+    """The FP32 ONNX of ``y = x * 2 + 1`` (written with onnx.helper, no torch)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["x2"]), helper.make_node("Add", ["x2", "one"], ["y"])],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(value, np.float32), name) for name, value in (("two", 2), ("one", 1))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by onnxruntime 1.19 (the last with Python 3.8 wheels)
+    return bytes(model.SerializeToString())
+
+
+class BundleShelf:
+    """Writes ``<root>/<model>/<version>/`` directories: signed affine bundles, or broken ones."""
+
+    def __init__(self, root: Path, private_key: Path) -> None:
+        self.root, self._private_key = root, private_key
+        self._onnx: Optional[bytes] = None
+
+    def add(self, name: str, version: str, memory_mb: Optional[float] = 1) -> Path:
+        """A signed bundle of the affine model at ``<root>/<name>/<version>``, recording ``memory_mb`` (None: not)."""
+        from edge_runtime.bundle import ArtifactSpec, TargetInfo, TensorSpec, finalize_bundle
+        from edge_runtime.bundle.signing import load_private_key
+
+        if self._onnx is None:
+            self._onnx = _affine_onnx()
+        directory = self.root / name / version
+        directory.mkdir(parents=True)
+        (directory / "model.onnx").write_bytes(self._onnx)
+        finalize_bundle(directory, name=name, version=version,
+                        inputs=[TensorSpec("x", "float32", (-1, 4))], outputs=[TensorSpec("y", "float32", (-1, 4))],
+                        source_model_sha256="0" * 64, artifacts=[ArtifactSpec("model.onnx", "onnx", None, "fp32")],
+                        targets=[TargetInfo("x86-cpu", "x86-cpu", "onnxruntime", "fp32")],
+                        private_key=load_private_key(self._private_key),
+                        metadata={} if memory_mb is None else {"memory_mb": memory_mb})
+        return directory
+
+    def add_unsigned(self, name: str, version: str) -> Path:
+        """A version directory with no manifest or signature: it fails to load ("not signed")."""
+        directory = self.root / name / version
+        directory.mkdir(parents=True)
+        (directory / "model.onnx").write_bytes(b"not really")
+        return directory
+
+
+REPOSITORY_LOGGER = "edge_runtime.serving.repository"
+
+
+def repository_log(records: List[logging.LogRecord]) -> List[str]:
+    """``"LEVEL message"`` of each record the repository logged (operators read these lines)."""
+    return [f"{record.levelname} {record.getMessage()}" for record in records if record.name == REPOSITORY_LOGGER]
