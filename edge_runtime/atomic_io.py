@@ -9,7 +9,8 @@ new one, never a torn file.
 Directories (bundles) follow the same pattern: build them in :func:`staging_dir_for`, a hidden
 sibling of the destination, then :func:`publish_dir` renames the whole tree into place.
 
-Every failure raises :class:`~edge_runtime.errors.OutputError` naming the path.
+Every failure raises :class:`~edge_runtime.errors.OutputError` naming the path. Linux only (the
+Jetson and the workstation): ``O_DIRECTORY`` and ``O_NOFOLLOW`` are used as such.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def remove_stale_temp_files(path: PathLike, older_than_s: float = 60.0) -> int:
 def fsync_dir(path: PathLike) -> None:
     """Flush a directory's entries (renames, new files) to disk."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -188,7 +189,7 @@ def _rename(source: Path, target: Path) -> None:
 
 
 def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         os.fsync(fd)
     finally:
