@@ -181,3 +181,12 @@ def test_an_idle_worker_gets_an_empty_batch_and_a_closed_queue_none() -> None:
     assert queue.take_batch(0.0) == []
     queue.close()
     assert queue.take_batch(0.0) is None
+
+
+def test_an_idle_worker_waits_its_whole_idle_time_before_an_empty_batch() -> None:
+    # The worker's heartbeat period: an empty queue must not make it return early and spin. A lower bound
+    # only (Condition.wait never returns before its time-out without a notify), so it cannot be flaky.
+    queue = queue_of(4)
+    started = time.monotonic()
+    assert queue.take_batch(0.3) == []
+    assert time.monotonic() - started >= 0.3
