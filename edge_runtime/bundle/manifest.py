@@ -244,7 +244,7 @@ def _parse_manifest(document: Any) -> Manifest:
     if isinstance(document, dict) and "format_version" in document:
         # Checked first: a newer format gets "unsupported version", not a list of unknown keys.
         _check_format_version(document["format_version"])
-    values = _keys(Manifest, document, "")
+    values = _keys(Manifest, document, "top level")
     for key, item_cls in (("inputs", TensorSpec), ("outputs", TensorSpec)):
         values[key] = _parse_list(item_cls, values[key], key)
     values["artifacts"] = _parse_list(Artifact, values["artifacts"], "artifacts")
@@ -268,14 +268,13 @@ def _parse_list(cls: Any, value: Any, where: str) -> Tuple[Any, ...]:
 
 def _keys(cls: Any, value: Any, where: str) -> Dict[str, Any]:
     """Check that ``value`` is a JSON object with exactly the keys of dataclass ``cls``."""
-    label = where or "top level"
     if not isinstance(value, dict):
-        raise ManifestError(f"{label}: expected an object, got {_describe(value)}")
+        raise ManifestError(f"{where}: expected an object, got {_describe(value)}")
     fields = dataclasses.fields(cls)
     names = [item.name for item in fields]
     unknown = sorted(key for key in value if key not in names)
     if unknown:
-        raise ManifestError(f"{label}: unknown key(s) {', '.join(unknown)}")
+        raise ManifestError(f"{where}: unknown key(s) {', '.join(unknown)}")
     missing = [
         item.name
         for item in fields
@@ -284,7 +283,7 @@ def _keys(cls: Any, value: Any, where: str) -> Dict[str, Any]:
         and item.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ManifestError(f"{label}: missing key(s) {', '.join(missing)}")
+        raise ManifestError(f"{where}: missing key(s) {', '.join(missing)}")
     return dict(value)
 
 
@@ -311,6 +310,8 @@ def _is_int(value: Any) -> bool:
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, str) and not value:
+        return "an empty string"  # "expected a non-empty string, got a string" would puzzle a reader
     names = {bool: "a boolean", dict: "an object", list: "a list", str: "a string"}
     for kind, name in names.items():
         if isinstance(value, kind):
@@ -366,7 +367,7 @@ def _check_items(key: str, items: Tuple[Any, ...], cls: Any, unique_by: str) -> 
     seen: Dict[Any, int] = {}
     for index, item in enumerate(items):
         if not isinstance(item, cls):
-            raise ManifestError(f"{key}[{index}]: expected a {cls.__name__}, got {_describe(item)}")
+            raise ManifestError(f"{key}[{index}]: expected {cls.__name__}, got {_describe(item)}")
         value = getattr(item, unique_by)
         if value in seen:
             raise ManifestError(
