@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 
 SAMPLE=${SAMPLE:-100}
 SEED=${SEED:-18}
-MIN_RATIO=${MIN_RATIO:-0.70}
+MIN_RATIO=${MIN_RATIO:-0.85}
 
 if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "mutation sample: skipped (the bench needs .venv on Python 3.11+ with mutmut, the dev extra)"
