@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
+from x2_plus_1_onnx import x2_plus_1_model
 
 from edge_runtime.backends.base import Backend, BackendOptions
 from edge_runtime.bundle.manifest import TargetInfo, TensorSpec
@@ -130,17 +131,7 @@ def _finalize(directory: Path, keypair: Tuple[Path, Path], targets: List[TargetI
 def _affine_model(directory: Path) -> Any:
     """Write ``directory/model.onnx``, the FP32 ONNX of ``x * 2 + 1``; return the ModelProto."""
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["x2"]), helper.make_node("Add", ["x2", "one"], ["y"])],
-        "affine",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(np.array(value, np.float32), name) for name, value in (("two", 2), ("one", 1))],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by onnxruntime 1.19 (the last with Python 3.8 wheels)
+    model = x2_plus_1_model()
     directory.mkdir(parents=True)
     onnx.save(model, str(directory / "model.onnx"))
     return model

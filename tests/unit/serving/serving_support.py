@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any, List, Optional
 
+from x2_plus_1_onnx import x2_plus_1_model
+
 from edge_runtime.config import RuntimeSettings, runtime_settings_from_mapping
 
 
@@ -24,19 +26,7 @@ AFFINE_INPUT = "x"  # every bundle below serves y = x * 2 + 1 on float32 x [-1, 
 
 def _affine_onnx() -> bytes:
     """The FP32 ONNX of ``y = x * 2 + 1`` (written with onnx.helper, no torch)."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["x2"]), helper.make_node("Add", ["x2", "one"], ["y"])],
-        "affine",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(np.array(value, np.float32), name) for name, value in (("two", 2), ("one", 1))],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by onnxruntime 1.19 (the last with Python 3.8 wheels)
-    return bytes(model.SerializeToString())
+    return bytes(x2_plus_1_model().SerializeToString())
 
 
 class BundleShelf:
